@@ -1,0 +1,1 @@
+"""Paired data: the canonical dataset layout, importers and validation."""
