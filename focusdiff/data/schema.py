@@ -198,3 +198,21 @@ def dataset_counts(pairs: list[PairRecord], prompts: list[PromptRecord]) -> dict
     for p in prompts:
         counts["by_split"].setdefault(p.split, {"pairs": 0, "prompts": 0})["prompts"] += 1
     return counts
+
+
+def write_records(
+    root: Path, pairs: list[PairRecord], prompts: list[PromptRecord], manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Write pairs.jsonl, prompts.jsonl and manifest.json into a dataset directory being built.
+
+    `manifest` adds to the format tag and counts (e.g. `source`, a build or import
+    report); it must be deterministic so identical inputs give identical bytes (and
+    the same DVC hash). Returns the manifest written.
+    """
+    from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
+
+    atomic_write_text(root / "pairs.jsonl", jsonl_text(p.model_dump(mode="json", exclude_none=True) for p in pairs))
+    atomic_write_text(root / "prompts.jsonl", jsonl_text(p.model_dump(mode="json", exclude_none=True) for p in prompts))
+    full = {"format": DATASET_FORMAT, "counts": dataset_counts(pairs, prompts), **manifest}
+    atomic_write_json(root / "manifest.json", full)
+    return full

@@ -1,0 +1,158 @@
+"""MLflow tracking for every stage, the same way from every entry point.
+
+A stage opens a `StageRun`; it records the stage's parameters, git commit,
+and links: when run inside the Prefect pipeline (directly or through `dvc repro`)
+the run is a child of the pipeline's MLflow run (FOCUSDIFF_PARENT_RUN_ID) and is
+tagged with the Prefect flow-run id. All logging goes through an explicit run id
+(MlflowClient), so it is safe from Prefect task threads.
+
+Default tracking is embedded: a sqlite file and a local artifact directory.
+MLFLOW_TRACKING_URI in the environment, or `tracking.uri`, points it at a server.
+Credentials (e.g. MLFLOW_TRACKING_TOKEN, AWS_*) come from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from focusdiff.config import TrackingConfig
+
+PARENT_RUN_ENV = "FOCUSDIFF_PARENT_RUN_ID"
+FLOW_RUN_ENV = "FOCUSDIFF_FLOW_RUN_ID"
+_PARAM_MAX = 6000  # MLflow's limit on a param value
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+
+
+def _artifact_root(cfg: TrackingConfig, uri: str) -> str | None:
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None  # the server decides where artifacts go
+    if "://" in cfg.artifact_location:
+        return cfg.artifact_location
+    return Path(cfg.artifact_location).resolve().as_uri()
+
+
+def client_and_experiment(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        return client, exp.experiment_id
+    try:
+        return client, client.create_experiment(cfg.experiment, artifact_location=_artifact_root(cfg, uri))
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return client, exp.experiment_id
+
+
+def git_commit(cwd: str | Path = ".") -> dict[str, str]:
+    """{'git.commit': sha, 'git.dirty': 'true'|'false'} or {} outside a git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"git.commit": sha.strip(), "git.dirty": str(bool(dirty.strip())).lower()}
+
+
+def prefect_flow_run_id() -> str | None:
+    if os.environ.get(FLOW_RUN_ENV):
+        return os.environ[FLOW_RUN_ENV]
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.id
+    except Exception:  # prefect not importable or no context: not inside a flow
+        return None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class StageRun:
+    """An MLflow run for one stage; use as a context manager.
+
+    On an exception the run ends FAILED with the error recorded as a tag, so a
+    failed stage is never mistaken for a finished one.
+    """
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        stage: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        self.client, self.experiment_id = client_and_experiment(cfg)
+        parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
+        all_tags = {"stage": stage, **git_commit(), **(tags or {})}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        if flow_run := prefect_flow_run_id():
+            all_tags["prefect.flow_run_id"] = str(flow_run)
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=stage)
+        self.run_id = run.info.run_id
+        if params:
+            self.log_params(params)
+
+    # -- context manager
+    def __enter__(self) -> "StageRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
+            self.client.set_terminated(self.run_id, status="FAILED")
+        else:
+            self.client.set_terminated(self.run_id, status="FINISHED")
+
+    # -- logging
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = flatten(params)
+        items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_image(self, image, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def log_dict(self, obj: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, obj, artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
