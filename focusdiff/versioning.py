@@ -25,7 +25,11 @@ class DvcError(FocusdiffError):
 
 def dvc(*args: str, cwd: str | Path = ".", env: Mapping[str, str] | None = None) -> str:
     cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    full_env = {**os.environ, **(env or {})}
+    # Stage commands (`focusdiff ...`) must run from this environment, even when
+    # its bin directory is not on PATH (python called by absolute path).
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip()[-4000:]
         raise DvcError(f"`dvc {' '.join(args)}` failed in {Path(cwd).resolve()} (exit {proc.returncode}):\n{tail}")

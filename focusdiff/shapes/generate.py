@@ -162,7 +162,9 @@ class ShapesSampler:
             d = Description(gs, background=str(b1), template=t)
             return d, d.with_(background=str(b2))
         if category == "text":
-            c1, c2 = self.rng.choice(list(GLYPH_CHARS), size=2, replace=False)
+            # Two glyphs of one kind, so the captions differ in the glyph alone.
+            kind = self.choice([str.isalpha, str.isdigit])
+            c1, c2 = self.rng.choice([c for c in GLYPH_CHARS if kind(c)], size=2, replace=False)
             bg = self.choice(BACKGROUNDS) if self.rng.random() < 0.3 else None
             color = self.color_for(None, bg or DEFAULT_BACKGROUND) if self.rng.random() < 0.6 else None
             d = Description(glyph=str(c1), glyph_color=color, background=bg, template=t)
@@ -174,6 +176,8 @@ class ShapesSampler:
             try:
                 d1, d2 = self.pair_descriptions(category)
                 s1 = self.realize(d1)
+                if d2.background is not None and any(o.color == d2.background for o in s1.objects):
+                    continue  # an unsaid color would vanish on the other background
                 s2 = self.realize(d2, like=s1)
             except LayoutError:
                 continue
@@ -222,13 +226,16 @@ class ShapesSampler:
 
     def _object_specs(self, d: Description, background: str, like: Scene | None) -> list[tuple[str, str, str]]:
         specs = []
-        for gi, g in enumerate(d.groups):
-            # Unsaid attributes: inherit from `like` (the pair's first scene) where possible.
-            prev = [o for o in like.objects if o.shape == g.shape] if like is not None else []
+        for g in d.groups:
+            # Unsaid attributes carry over from the same object of `like` (the pair's
+            # first scene), so the two images differ only in what the captions say.
+            k = len(specs)
+            prev = like.objects[min(k, len(like.objects) - 1)] if like is not None and like.objects else None
             color = g.color
             if color is None:
-                color = prev[0].color if prev and prev[0].color != background else self.color_for(g.shape, background)
-            size = g.size or (prev[0].size if prev else self.choice(SIZES))
+                keep = prev is not None and prev.color != background and (prev.color, g.shape) not in self.holdout
+                color = prev.color if keep else self.color_for(g.shape, background)
+            size = g.size or (prev.size if prev is not None else self.choice(SIZES))
             if (color, g.shape) in self.holdout or color == background:
                 raise LayoutError("held-out or invisible combination")
             specs += [(g.shape, color, size)] * g.count

@@ -1,0 +1,159 @@
+"""The `focusdiff` command line: thin entry points to the stage functions.
+
+`dvc.yaml` stages call these commands; the Prefect flows call the same library
+functions. Errors the user can fix are printed as one clear message (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from focusdiff.errors import FocusdiffError
+
+app = typer.Typer(
+    help="FocusDiff Pair-GRPO: data, training, evaluation and promotion.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # let FocusdiffError reach main() and print as one line
+)
+data_app = typer.Typer(help="Paired datasets: build, import, validate.", no_args_is_help=True)
+shapes_app = typer.Typer(help="ShapesWorld, the embedded default world.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(shapes_app, name="shapes")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="parameter file")]
+
+
+def _params(path: Path):
+    from focusdiff.config import load_params
+
+    return load_params(path)
+
+
+@data_app.command("build")
+def data_build(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Build (ShapesWorld) or import (data.source: import) the dataset at data.out, and track it."""
+    from focusdiff.data.stage import run_data_stage
+
+    result = run_data_stage(_params(params))
+    _print_counts(result.counts, title=f"dataset {result.out}")
+    console.print(f"MLflow run: {result.mlflow_run_id}")
+
+
+@data_app.command("import")
+def data_import(
+    pairs_file: Annotated[Path, typer.Argument(help="pairs: .json list, .jsonl, or .parquet (HF datasets layout)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="dataset directory to write")],
+    unpaired: Annotated[Optional[Path], typer.Option(help="text file of unpaired prompts, one per line")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto|json|jsonl|parquet")] = "auto",
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+    drop_duplicates: bool = False,
+    max_image_pixels: int = 64_000_000,
+) -> None:
+    """Import FocusDiff-Data pairs into a canonical dataset directory (atomic)."""
+    from focusdiff.data.imports import import_dataset
+
+    report = import_dataset(
+        pairs_file, out, unpaired_file=unpaired, fmt=fmt, val_fraction=val_fraction,
+        test_fraction=test_fraction, max_image_pixels=max_image_pixels, drop_duplicates=drop_duplicates,
+    )
+    console.print(report.model_dump_json(indent=2))
+
+
+@data_app.command("validate")
+def data_validate(
+    root: Annotated[Path, typer.Argument(help="dataset directory")],
+    max_image_pixels: int = 64_000_000,
+) -> None:
+    """Check every record and image of a dataset; print its statistics."""
+    from focusdiff.data.validate import validate_dataset
+
+    report = validate_dataset(root, max_image_pixels=max_image_pixels)
+    console.print(report.model_dump_json(indent=2))
+
+
+@shapes_app.command("checker-report")
+def checker_report(
+    pairs_per_category: int = 200,
+    canvas: int = 32,
+    seed: int = 0,
+) -> None:
+    """Measure the exact checker's clause accuracy on clean and perturbed renders."""
+    from focusdiff.shapes.accuracy import checker_accuracy
+
+    results = checker_accuracy(pairs_per_category, canvas, seed)
+    table = Table(title=f"exact checker, {pairs_per_category} pairs x 6 categories, {canvas}px, seed {seed}")
+    for col in ("condition", "clauses", "accuracy", "gate", "ms/image", *sorted(results[0].by_category)):
+        table.add_column(col)
+    for r in results:
+        gate = "-" if r.gate is None else f">= {r.gate:.1%} {'ok' if r.passed else 'FAIL'}"
+        cats = [f"{v[0] / v[1]:.4f}" for _, v in sorted(r.by_category.items())]
+        table.add_row(r.condition, str(r.clauses), f"{r.accuracy:.4f}", gate, f"{r.seconds_per_image * 1e3:.2f}", *cats)
+    console.print(table)
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
+@shapes_app.command("render")
+def shapes_render(
+    caption: Annotated[str, typer.Argument(help="a ShapesWorld caption")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("shape.png"),
+    canvas: int = 32,
+    seed: int = 0,
+) -> None:
+    """Render one ground-truth image for a caption (unsaid attributes sampled)."""
+    import numpy as np
+
+    from focusdiff.io import atomic_write_bytes
+    from focusdiff.shapes.generate import ShapesSampler
+    from focusdiff.shapes.grammar import parse_caption
+    from focusdiff.shapes.render import render_pil
+    import io
+
+    scene = ShapesSampler(canvas, np.random.default_rng(seed)).realize(parse_caption(caption))
+    buf = io.BytesIO()
+    render_pil(scene).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    console.print(f"wrote {out}: {scene.to_dict()}")
+
+
+@app.command("pipeline")
+def pipeline(params: ParamsOpt = Path("params.yaml"), push: bool = True) -> None:
+    """Run the whole pipeline as a Prefect flow (the embedded default needs no servers)."""
+    from flows.pipeline import focusdiff_pipeline
+
+    summary = focusdiff_pipeline(params_path=str(params), push=push)
+    console.print(summary)
+
+
+def _print_counts(counts: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("category")
+    splits = sorted({s for c in counts["by_category"].values() for s in c})
+    for s in splits:
+        table.add_column(s, justify="right")
+    for cat, by in counts["by_category"].items():
+        table.add_row(cat, *(str(by.get(s, 0)) for s in splits))
+    table.add_row("unpaired prompts", *(str(counts["by_split"].get(s, {}).get("prompts", 0)) for s in splits))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()  # standalone: typer reports usage errors itself
+    except FocusdiffError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
