@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from focusdiff.errors import FocusdiffError
 from focusdiff.shapes.grammar import N_TEMPLATES, Description, Group, caption, clauses, evaluate, holds
 from focusdiff.shapes.font import GLYPH_CHARS
 from focusdiff.shapes.render import glyph_box
@@ -39,11 +40,11 @@ from focusdiff.shapes.world import (
 )
 
 CATEGORY_ORDER = ("overall_appearance", "color", "counting", "position", "style_tone", "text")
-_LAYOUT_TRIES = 300
+_LAYOUT_TRIES = 2000
 _SAMPLE_TRIES = 200
 
 
-class LayoutError(RuntimeError):
+class LayoutError(FocusdiffError, RuntimeError):
     """No valid layout was found for a description (resampled by the caller)."""
 
 
@@ -85,6 +86,8 @@ class ShapesSampler:
     # ------------------------------------------------------------ primitives
     def choice(self, options):
         options = list(options)
+        if not options:
+            raise LayoutError("nothing left to choose from (held-out combinations exclude every option)")
         return options[int(self.rng.integers(len(options)))]
 
     def color_for(self, shape: str | None, background: str, exclude: tuple[str, ...] = ()) -> str:
@@ -242,13 +245,15 @@ class ShapesSampler:
         return specs
 
     def _realize_objects(self, d: Description, background: str, like: Scene | None) -> Scene:
-        specs = self._object_specs(d, background, like)
         geo = self.geo
+        specs = self._object_specs(d, background, like)
         if like is not None and len(like.objects) == len(specs):
             objs = tuple(Obj(s, c, z, o.x, o.y) for (s, c, z), o in zip(specs, like.objects))
             if self._valid_layout(objs, d):
                 return Scene(background, objs, canvas=geo.canvas)
-        for _ in range(_LAYOUT_TRIES):
+        for attempt in range(_LAYOUT_TRIES):
+            if attempt and attempt % 100 == 0:
+                specs = self._object_specs(d, background, None)  # redraw unsaid sizes/colors too
             objs = []
             for shape, color, size in specs:
                 r = geo.size_px(size) // 2
@@ -257,7 +262,7 @@ class ShapesSampler:
             objs = tuple(objs)
             if self._valid_layout(objs, d):
                 return Scene(background, objs, canvas=geo.canvas)
-        raise LayoutError(f"no layout for {caption(d)!r}")
+        raise LayoutError(f"no layout for {caption(d)!r} in {_LAYOUT_TRIES} tries at {geo.canvas}px")
 
     def _valid_layout(self, objs: tuple[Obj, ...], d: Description) -> bool:
         geo = self.geo
@@ -271,9 +276,11 @@ class ShapesSampler:
                 if abs(a.x - b.x) < need and abs(a.y - b.y) < need:
                     return False
         if d.relation is not None:
-            a, b = objs[0], objs[1]
-            # Unambiguous: the relation's axis dominates by at least 2:1.
-            major, minor = (a.x - b.x, a.y - b.y) if d.relation in ("left", "right") else (a.y - b.y, a.x - b.x)
-            if not holds(a, d.relation, b) or abs(minor) > 0.5 * abs(major):
-                return False
+            n0, n1 = d.groups[0].count, d.groups[1].count
+            for a in objs[:n0]:
+                for b in objs[n0 : n0 + n1]:
+                    # Unambiguous: the relation's axis dominates by at least 2:1.
+                    major, minor = (a.x - b.x, a.y - b.y) if d.relation in ("left", "right") else (a.y - b.y, a.x - b.x)
+                    if not holds(a, d.relation, b) or abs(minor) > 0.5 * abs(major):
+                        return False
         return True

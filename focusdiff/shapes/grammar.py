@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
+from focusdiff.errors import FocusdiffError
 from focusdiff.shapes.world import BACKGROUNDS, COLORS, RELATIONS, SHAPES, SIZES, Obj, Scene
 
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -123,7 +124,7 @@ _REL_RE = re.compile(
 _PHRASE_TO_REL = {p: rel for rel, ps in RELATION_PHRASES.items() for p in ps}
 
 
-class CaptionError(ValueError):
+class CaptionError(FocusdiffError, ValueError):
     """A caption outside the ShapesWorld grammar."""
 
 
