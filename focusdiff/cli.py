@@ -135,12 +135,20 @@ def shapes_render(
 
 
 @app.command("pipeline")
-def pipeline(params: ParamsOpt = Path("params.yaml"), push: bool = True) -> None:
+def pipeline(
+    project_dir: Annotated[Path, typer.Option(help="project checkout holding dvc.yaml and params.yaml")] = Path("."),
+    push: Annotated[bool, typer.Option(help="push versioned outputs to the default DVC remote")] = True,
+) -> None:
     """Run the whole pipeline as a Prefect flow (the embedded default needs no servers)."""
     from flows.pipeline import focusdiff_pipeline
 
-    summary = focusdiff_pipeline(params_path=str(params), push=push)
-    console.print(summary)
+    summary = focusdiff_pipeline(project_dir=str(project_dir), push=push)
+    table = Table(title="focusdiff pipeline")
+    table.add_column("what")
+    table.add_column("value")
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
 
 
 def _print_counts(counts: dict, title: str) -> None:
