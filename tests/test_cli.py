@@ -77,3 +77,13 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "manifest.json missing" in proc.stderr
     proc = subprocess.run([FOCUSDIFF, "shapes", "render", "a red dog"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "error: not a ShapesWorld caption: cannot read 'a red dog'" in proc.stderr
+
+
+def test_data_import_error_names_file_row_field(tmp_path):
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([{"prompt1": "a red cube", "prompt2": "a blue cube"}, {"prompt1": "a cat"}]))
+    out = tmp_path / "out"
+    proc = subprocess.run([FOCUSDIFF, "data", "import", str(pairs), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {pairs}, row 2, field 'prompt2'" in proc.stderr
+    assert not out.exists()
