@@ -32,7 +32,23 @@ _PARAM_MAX = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    return _pin_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri)
+
+
+def _pin_sqlite(uri: str) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////abs/rel.db`, resolved against the current directory.
+
+    MLflow caches one store per URI string for the life of the process, so with a
+    relative path every project opened later in the same process (another flow run,
+    a test) would keep writing into the first project's database.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path, sep, query = uri[len(prefix) :].partition("?")
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"{prefix}{Path(path).resolve()}{sep}{query}"
 
 
 def _artifact_root(cfg: TrackingConfig, uri: str) -> str | None:
@@ -45,7 +61,16 @@ def _artifact_root(cfg: TrackingConfig, uri: str) -> str | None:
 
 def client_and_experiment(cfg: TrackingConfig) -> tuple[MlflowClient, str]:
     uri = tracking_uri(cfg)
+    # For the fluent API too. mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI
+    # to os.environ, which tracking_uri() reads as the user's override: left there,
+    # the first project opened in a process would capture every later one (another
+    # flow run with another project_dir or params). Keep the environment as it was.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:

@@ -1,0 +1,248 @@
+"""Throwaway copies of this project, for tests that run DVC, the CLI or the pipeline.
+
+A test gets its own checkout: the files git knows about (tracked, plus untracked
+files that are not ignored, so work in progress is included), committed to a fresh
+git repository, with ``params.yaml`` shrunk so that building the dataset takes about
+a second. Nothing the real checkout has produced comes along: no ``.venv``,
+``data/``, ``mlflow.db``, ``mlartifacts/``, ``.dvc-storage/`` or ``.dvc/cache``; and
+``dvc.lock`` only on request (``with_lock=True``: a clone as committed, whose lock was
+written for the full-size parameters and is therefore stale).
+
+:func:`project_env` gives subprocesses an environment isolated from the host: this
+virtualenv's ``bin`` first on PATH (so ``dvc`` and the stage command ``focusdiff``
+resolve to it), DVC's global/system/site config dirs in the test's temp dir, git
+without global/system config, no DVC analytics, and none of the variables through
+which a caller could leak tracking state (MLFLOW_TRACKING_URI, FOCUSDIFF_*).
+
+Speed: where the host sets PYTHONDONTWRITEBYTECODE, every `dvc`/`focusdiff`
+subprocess would recompile mlflow, dvc, ... from source (~5 s each on a 2-core box).
+Subprocesses therefore write bytecode, but only into a per-session PYTHONPYCACHEPREFIX
+directory in the temp dir (never into the venv), removed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Not resolved: the venv's python is a symlink, and `bin/` must be the venv's own.
+VENV_BIN = Path(sys.executable).parent
+
+# Outputs of the real checkout that a copy must never inherit. Most are git-ignored
+# (so `git ls-files` skips them anyway); the list is the second line of defence.
+EXCLUDED_TOP = {".venv", "data", "mlflow.db", "mlartifacts", ".dvc-storage", "mlruns", "outputs", "runs"}
+EXCLUDED_PATHS = {".dvc/cache", ".dvc/tmp", ".dvc/config.local", "dvc.lock"}
+
+# Small enough that a ShapesWorld build takes ~1 s (60 pairs, 8 prompts).
+SMALL_SHAPES: dict[str, Any] = {
+    "pairs_per_category": {"train": 6, "val": 2, "test": 2},
+    "prompts": {"train": 4, "val": 2, "test": 2},
+}
+
+# Variables a caller may have set that would make a copy's runs go elsewhere.
+_LEAKY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
+              "FOCUSDIFF_PARENT_RUN_ID", "FOCUSDIFF_FLOW_RUN_ID")  # fmt: skip
+
+_GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_AUTHOR_NAME": "focusdiff-test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "focusdiff-test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def project_files(source: Path = REPO_ROOT) -> list[str]:
+    """Paths (relative to ``source``) a clone would have, plus untracked-but-not-ignored ones."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=source, capture_output=True, check=True, env={**os.environ, **_GIT_ENV},
+    ).stdout.decode()  # fmt: skip
+    files = []
+    for rel in sorted(set(filter(None, out.split("\0")))):
+        parts = Path(rel).parts
+        if parts[0] in EXCLUDED_TOP or any(rel == p or rel.startswith(p + "/") for p in EXCLUDED_PATHS):
+            continue
+        if (source / rel).is_file():  # tracked but deleted in the worktree: a clone-to-be lacks it too
+            files.append(rel)
+    return files
+
+
+@functools.cache
+def _pycache_prefix() -> str:
+    path = tempfile.mkdtemp(prefix="focusdiff-test-pycache-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def project_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for dvc/git/focusdiff subprocesses of a project copy (see module docstring)."""
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY_ENV}
+    for name in ("dvc-global", "dvc-system", "dvc-site-cache"):
+        (home / name).mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")]),
+            "DVC_NO_ANALYTICS": "1",
+            "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
+            "DVC_SYSTEM_CONFIG_DIR": str(home / "dvc-system"),
+            "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **_GIT_ENV,
+        }
+    )
+    if "PYTHONPYCACHEPREFIX" not in env:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = _pycache_prefix()
+    env.update(extra or {})
+    return env
+
+
+@contextlib.contextmanager
+def patched_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Make ``os.environ`` exactly ``env`` for the block (for in-process code that spawns dvc)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under ``root``."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@dataclass
+class ProjectCopy:
+    """A throwaway checkout of this project at ``root``; ``env`` is for its subprocesses."""
+
+    root: Path
+    env: dict[str, str] = field(repr=False)  # the whole environment: never print it
+
+    # -- subprocesses -------------------------------------------------------- #
+
+    def run(
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 300, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [str(a) for a in argv], cwd=self.root, env={**self.env, **(env or {})},
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"{list(argv)} failed in {self.root} (exit {res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+            )
+        return res
+
+    def dvc(self, *args: str, check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """The `dvc` CLI of this venv (as a user would type it)."""
+        return self.run([str(VENV_BIN / "dvc"), *args], check=check, env=env)
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(["git", *args], check=check)
+
+    def commit(self, message: str = "test") -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+
+    # -- files --------------------------------------------------------------- #
+
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.yaml"
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load(self.params_path.read_text("utf-8"))
+
+    def update_params(self, update: Mapping[str, Any], *, commit: bool = True) -> None:
+        """Deep-merge ``update`` into params.yaml (comments are not kept)."""
+        self.params_path.write_text(yaml.safe_dump(_merge(self.params(), update), sort_keys=False), "utf-8")
+        if commit:
+            self.commit("params")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.params()["data"]["out"]
+
+    def lock_out(self, out: str = "data/pairs") -> dict[str, Any]:
+        """The dvc.lock entry of output ``out`` (path, hash, md5, size, nfiles)."""
+        lock = yaml.safe_load((self.root / "dvc.lock").read_text("utf-8"))
+        for stage in lock["stages"].values():
+            for entry in stage.get("outs") or []:
+                if entry["path"].rstrip("/") == out:
+                    return entry
+        raise AssertionError(f"dvc.lock has no output {out!r}: {lock}")
+
+    def lock_md5(self, out: str = "data/pairs") -> str:
+        return self.lock_out(out)["md5"]
+
+    @property
+    def tracking_uri(self) -> str:
+        """Absolute form of the copy's default (sqlite) tracking store."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+
+def make_project(
+    dest: Path,
+    *,
+    with_lock: bool = False,
+    shapes: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    source: Path = REPO_ROOT,
+    env_extra: Mapping[str, str] | None = None,
+) -> ProjectCopy:
+    """Copy the project into ``dest``, shrink its dataset, and commit it to a fresh git repo.
+
+    ``shapes`` replaces SMALL_SHAPES (merged into ``data.shapes``); ``params`` is
+    deep-merged into params.yaml last. ``with_lock`` also copies the committed dvc.lock.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=False)
+    for rel in project_files(source):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, target)
+    if with_lock and (source / "dvc.lock").is_file():
+        shutil.copy2(source / "dvc.lock", dest / "dvc.lock")
+    home = dest.parent / f"{dest.name}-home"
+    proj = ProjectCopy(root=dest, env=project_env(home, env_extra))
+    proj.update_params({"data": {"shapes": dict(shapes if shapes is not None else SMALL_SHAPES)}}, commit=False)
+    if params:
+        proj.update_params(params, commit=False)
+    proj.git("-c", "init.defaultBranch=main", "init", "-q")
+    proj.commit("project copy")
+    return proj

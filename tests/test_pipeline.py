@@ -1,0 +1,266 @@
+"""The Prefect flow `focusdiff-pipeline`, end to end, in throwaway project copies.
+
+The flow runs for real: under Prefect's test harness (a temporary Prefect API
+server, shared by the whole session), `dvc repro data` in a subprocess, MLflow on
+the embedded sqlite store or on a real `mlflow server` whose artifacts go to a moto
+S3 bucket, and `dvc push` to the copy's default remote.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.project import ProjectCopy, make_project, patched_environ
+from tests.servers import MlflowServer, S3Server
+
+DATA = "data/pairs"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One temporary Prefect API server (sqlite) for every flow run of the session.
+
+    PREFECT_HOME points into the session's temp dir, so nothing is written to ~/.prefect.
+    """
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    # The default 30 s start-up timeout is tight on a loaded 2-core box.
+    with temporary_settings(updates={PREFECT_HOME: str(home)}), prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def run_flow(prefect_harness: None) -> Iterator[Any]:
+    """Run the pipeline flow on a project copy, with os.environ = the copy's environment.
+
+    Returns the flow's final Prefect state (never raises), so tests can inspect failures.
+    Afterwards the global MLflow tracking URI (which the flow sets) is reset.
+    """
+    import mlflow
+
+    from flows.pipeline import focusdiff_pipeline
+
+    def _run(proj: ProjectCopy, extra_env: dict[str, str] | None = None, **kwargs: Any):
+        env = {**proj.env, **(extra_env or {})}
+        with patched_environ(env):
+            state = focusdiff_pipeline(project_dir=str(proj.root), return_state=True, **kwargs)
+            # The flow must not leave its tracking URI in the environment: it would
+            # override the next project's params.yaml in this process.
+            left = os.environ.get("MLFLOW_TRACKING_URI")  # (not os.environ itself: no env dump on failure)
+        assert left == env.get("MLFLOW_TRACKING_URI"), f"MLFLOW_TRACKING_URI left set to {left!r}"
+        return state
+
+    try:
+        yield _run
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _runs(client: Any, experiment: str = "focusdiff") -> dict[str, list[Any]]:
+    """{run name: [runs]} in `experiment`."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} was not created"
+    out: dict[str, list[Any]] = {}
+    for run in client.search_runs([exp.experiment_id]):
+        out.setdefault(run.info.run_name, []).append(run)
+    return out
+
+
+def _assert_pipeline_and_data_runs(client: Any, proj: ProjectCopy, summary: dict[str, Any]) -> tuple[Any, Any]:
+    """The checks shared by the local and the server-backed flow run; returns (pipeline, data) runs."""
+    runs = _runs(client)
+    assert sorted(runs) == ["data", "pipeline"], runs
+    (pipeline,), (data,) = runs["pipeline"], runs["data"]
+    assert pipeline.info.run_id == summary["mlflow_run_id"]
+    assert pipeline.info.status == "FINISHED" and data.info.status == "FINISHED"
+    assert data.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+
+    version = proj.lock_md5(DATA)
+    assert version.endswith(".dir")
+    assert summary["data_version"] == version
+    assert pipeline.data.tags["data.version"] == version
+    assert data.data.tags["data.version"] == version
+
+    flow_run_id = pipeline.data.tags.get("prefect.flow_run_id")
+    uuid.UUID(flow_run_id)  # a real Prefect flow-run id, not a placeholder
+    assert data.data.tags.get("prefect.flow_run_id") == flow_run_id
+
+    manifest = json.loads((proj.root / DATA / "manifest.json").read_text())
+    by_category = manifest["counts"]["by_category"]
+    assert len(by_category) == 6
+    for run in (pipeline, data):
+        for category, by_split in by_category.items():
+            for split, n in by_split.items():
+                assert run.data.metrics[f"data.pairs.{category}.{split}"] == n, (run.info.run_name, category, split)
+
+    # Git provenance of the copy (a clean checkout: the lock and data are not tracked as modified).
+    head = proj.git("rev-parse", "HEAD").stdout.strip()
+    assert pipeline.data.tags["git.commit"] == head
+    return pipeline, data
+
+
+def _assert_artifacts(client: Any, run_id: str, dst: Path, manifest: dict[str, Any]) -> bytes:
+    names = {a.path for a in client.list_artifacts(run_id, "data")}
+    assert {"data/sample_pairs.png", "data/manifest.json"} <= names, names
+    local = Path(client.download_artifacts(run_id, "data", str(dst)))
+    png = (local / "sample_pairs.png").read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    with Image.open(io.BytesIO(png)) as img:
+        img.verify()
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.width > 0 and img.height > 0
+    assert json.loads((local / "manifest.json").read_text()) == manifest
+    return png
+
+
+# --------------------------------------------------------------------------- #
+# Embedded default: sqlite tracking, local DVC remote
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    proj = make_project(tmp_path / "project")
+    state = run_flow(proj)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["dvc_remote"] == "local"
+
+    client = MlflowClient(proj.tracking_uri)
+    assert summary["tracking_uri"] == proj.tracking_uri  # the default sqlite file, in the project
+    pipeline, _ = _assert_pipeline_and_data_runs(client, proj, summary)
+    assert pipeline.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    manifest = json.loads((proj.root / DATA / "manifest.json").read_text())
+    _assert_artifacts(client, pipeline.info.run_id, tmp_path / "dl", manifest)
+    # Artifacts live in the copy's own artifact root, not the real checkout's.
+    assert Path(pipeline.info.artifact_uri.removeprefix("file://")).is_relative_to(proj.root / "mlartifacts")
+
+    # The push reached the copy's default remote (.dvc-storage inside the copy).
+    storage = proj.root / ".dvc-storage"
+    assert storage.is_dir()
+    md5 = proj.lock_md5(DATA)
+    assert (storage / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+    assert "Cache and remote 'local' are in sync." in proj.dvc("status", "--cloud").stdout
+    assert "Data and pipelines are up to date." in proj.dvc("status").stdout
+
+
+# --------------------------------------------------------------------------- #
+# Real MLflow server (artifacts proxied to S3) and an S3 DVC remote
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_flow_against_mlflow_server_and_s3(
+    run_flow: Any, mlflow_server: MlflowServer, s3_server: S3Server, tmp_path: Path
+) -> None:
+    proj = make_project(tmp_path / "project", env_extra=s3_server.env)
+    prefix = f"pipeline-dvc-{uuid.uuid4().hex[:8]}"
+    experiment = f"focusdiff-{uuid.uuid4().hex[:8]}"  # the server is shared by the session
+    proj.update_params({"tracking": {"experiment": experiment}})
+    proj.dvc("remote", "add", "-d", "s3", f"s3://{s3_server.bucket}/{prefix}")
+    proj.dvc("remote", "modify", "s3", "endpointurl", s3_server.endpoint_url)
+    proj.commit("s3 remote")
+
+    state = run_flow(proj, extra_env={"MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["tracking_uri"] == mlflow_server.tracking_uri
+    assert summary["dvc_remote"] == "s3"
+    # Nothing was tracked locally: the env var won over params' sqlite default.
+    assert not (proj.root / "mlflow.db").exists()
+
+    client = mlflow_server.client()
+    runs = _runs(client, experiment)
+    (pipeline,), (data,) = runs["pipeline"], runs["data"]
+    assert pipeline.info.status == "FINISHED" and data.info.status == "FINISHED"
+    assert data.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    version = proj.lock_md5(DATA)
+    assert pipeline.data.tags["data.version"] == version == data.data.tags["data.version"]
+    assert pipeline.data.tags["prefect.flow_run_id"] == data.data.tags["prefect.flow_run_id"]
+    assert pipeline.info.artifact_uri.startswith("mlflow-artifacts:")
+
+    manifest = json.loads((proj.root / DATA / "manifest.json").read_text())
+    png = _assert_artifacts(client, pipeline.info.run_id, tmp_path / "dl", manifest)
+    # The grid went through the server's proxy into the bucket, byte for byte.
+    key_suffix = f"{pipeline.info.run_id}/artifacts/data/sample_pairs.png"
+    keys = [k for k in s3_server.keys("mlartifacts/") if k.endswith(key_suffix)]
+    assert len(keys) == 1, keys
+    assert s3_server.client().get_object(Bucket=s3_server.bucket, Key=keys[0])["Body"].read() == png
+
+    # The dataset was pushed to the S3 DVC remote.
+    dvc_keys = set(s3_server.keys(prefix + "/"))
+    assert f"{prefix}/files/md5/{version[:2]}/{version[2:]}" in dvc_keys
+    assert len(dvc_keys) == proj.lock_out(DATA)["nfiles"] + 1
+    assert "Cache and remote 's3' are in sync." in proj.dvc("status", "--cloud").stdout
+
+
+# --------------------------------------------------------------------------- #
+# Failures
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_flow_failing_stage_fails_pipeline_run(run_flow: Any, tmp_path: Path) -> None:
+    """A stage that fails inside `dvc repro` fails the flow, and both MLflow runs end FAILED."""
+    from mlflow import MlflowClient
+
+    from focusdiff.versioning import DvcError
+
+    missing = tmp_path / "nowhere" / "pairs.json"
+    proj = make_project(tmp_path / "project", params={"data": {"source": "import", "import": {"pairs_file": str(missing)}}})
+    state = run_flow(proj)
+    assert state.is_failed(), state
+    with pytest.raises(DvcError) as info:
+        state.result()
+    message = str(info.value)
+    assert "dvc repro data" in message
+    assert str(missing) in message and "file not found" in message, message
+
+    client = MlflowClient(proj.tracking_uri)
+    runs = _runs(client)
+    (pipeline,) = runs["pipeline"]
+    assert pipeline.info.status == "FAILED"
+    error = pipeline.data.tags["error"]
+    assert error.startswith("DvcError:") and str(missing) in error, error
+    assert "data.version" not in pipeline.data.tags
+    (data,) = runs["data"]  # the stage's own run, nested, also FAILED with its own error
+    assert data.info.status == "FAILED"
+    assert data.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert str(missing) in data.data.tags["error"] and "file not found" in data.data.tags["error"]
+    assert not (proj.root / DATA).exists()
+    assert not (proj.root / "dvc.lock").exists()
+    assert not (proj.root / ".dvc-storage").exists()  # nothing was pushed
+
+
+@pytest.mark.slow
+def test_flow_malformed_params_fail_before_any_run(run_flow: Any, tmp_path: Path) -> None:
+    """A bad parameter value is reported with its dotted key; no MLflow run is left behind."""
+    from mlflow import MlflowClient
+
+    from focusdiff.errors import ConfigError
+
+    proj = make_project(tmp_path / "project", params={"data": {"shapes": {"canvas": 8}}})
+    state = run_flow(proj)
+    assert state.is_failed(), state
+    with pytest.raises(ConfigError, match=r"params\.yaml: data\.shapes\.canvas: .*32"):
+        state.result()
+    if (proj.root / "mlflow.db").exists():
+        client = MlflowClient(proj.tracking_uri)
+        exp = client.get_experiment_by_name("focusdiff")
+        assert exp is None or client.search_runs([exp.experiment_id]) == []
+    assert not (proj.root / DATA).exists()
