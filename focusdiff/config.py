@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from focusdiff.errors import ConfigError
+from focusdiff.model.configs import VQTrainConfig
 from focusdiff.shapes.world import COLORS, SHAPES
 
 
@@ -80,9 +81,16 @@ class TrackingConfig(Section):
     experiment: str = Field("focusdiff", min_length=1)
 
 
+class BootstrapConfig(Section):
+    """The ShapesWorld base model: VQ tokenizer, then SFT of the language model."""
+
+    vq: VQTrainConfig
+
+
 class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     data: DataConfig
+    bootstrap: BootstrapConfig
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:
