@@ -158,6 +158,21 @@ def bootstrap_vq(
     console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@bootstrap_app.command("lm")
+def bootstrap_lm(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+) -> None:
+    """Fine-tune the tiny Janus LM on ShapesWorld; writes bootstrap.lm.out (the shipped base) if it passes its gate."""
+    from focusdiff.model.bootstrap import run_lm_stage
+
+    result = run_lm_stage(_params(params, set_))
+    q = result.quality
+    console.print(f"base: single objects {q['single_object_accuracy']:.1%}, all images {q['image_accuracy']:.1%}, "
+                  f"pairs {q['pair_accuracy']:.1%}; wrote {result.out}")
+    console.print(f"MLflow run: {result.mlflow_run_id}")
+
+
 @app.command("pipeline")
 def pipeline(
     project_dir: Annotated[Path, typer.Option(help="project checkout holding dvc.yaml and params.yaml")] = Path("."),

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from focusdiff.errors import ConfigError
-from focusdiff.model.configs import VQTrainConfig
+from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.shapes.world import COLORS, SHAPES
 
 
@@ -85,6 +85,7 @@ class BootstrapConfig(Section):
     """The ShapesWorld base model: VQ tokenizer, then SFT of the language model."""
 
     vq: VQTrainConfig
+    lm: LMTrainConfig
 
 
 class Params(Section):

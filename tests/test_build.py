@@ -94,3 +94,14 @@ def test_failed_build_leaves_previous_dataset(tmp_path):
         build_shapes_dataset(CFG.model_copy(update={"holdout": everything}), out)
     assert _digest(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep"]  # no temporary left behind
+
+
+def test_outputs_have_umask_permissions(built):
+    import os
+    import stat
+
+    out, _ = built
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o666 & ~mask

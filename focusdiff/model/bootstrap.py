@@ -11,6 +11,7 @@ DVC re-runs a stage only when its code or parameters change.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,60 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq") -> VQR
             atomic_write_json(tmp / "record.json", record)
         run.set_tags({"bootstrap.vq.sha256": record["files"].get("model.safetensors", "")})
         return VQResult(out=cfg.out, accuracy=accuracy.accuracy, by_category=by_category, mlflow_run_id=run.run_id)
+
+
+class LMResult(BaseModel):
+    out: Path
+    quality: dict[str, Any]
+    mlflow_run_id: str
+
+
+def sample_grid(policy, prompts: list[str], seed: int = 0) -> Image.Image:
+    """One row per prompt: a few samples side by side (for MLflow)."""
+    from focusdiff.model.sampler import sample
+
+    per_row = 4
+    rollout = sample(policy, [p for p in prompts for _ in range(per_row)], [seed + i for i in range(len(prompts) * per_row)])
+    rows = [np.concatenate(list(rollout.images[i * per_row : (i + 1) * per_row]), 1) for i in range(len(prompts))]
+    grid = np.concatenate(rows, 0)
+    return Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
+
+
+GRID_PROMPTS = [
+    "a red circle", "a large blue square", "two green triangles", "three yellow circles",
+    "a purple square to the left of an orange circle", "a white triangle on a black background", 'the letter "K"',
+]
+
+
+def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm") -> LMResult:
+    from focusdiff.model.sft import train_lm
+
+    cfg, vq_dir = params.bootstrap.lm, params.bootstrap.vq.out
+    if not (vq_dir / "record.json").is_file():
+        raise FocusdiffError(f"{vq_dir}: no trained VQ tokenizer (record.json missing); run `focusdiff bootstrap vq` first")
+    holdout = frozenset(tuple(h) for h in params.data.shapes.holdout)
+    logged = {"bootstrap.lm": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout)}
+    with StageRun(params.tracking, "bootstrap_lm", params=logged) as run:
+        policy, quality = train_lm(cfg, vq_dir, holdout, log=lambda metrics, step: run.log_metrics(metrics, step))
+        run.log_dict(quality.model_dump(mode="json"), "bootstrap/base_quality.json")
+        run.log_image(sample_grid(policy, GRID_PROMPTS), "bootstrap/base_samples.png")
+        if quality.single_object_accuracy < cfg.min_single_object_accuracy:
+            raise QualityGateError(
+                f"the base draws {quality.single_object_accuracy:.1%} of single-object prompts right, below the gate "
+                f"bootstrap.lm.min_single_object_accuracy={cfg.min_single_object_accuracy:.0%}; {cfg.out} left unchanged"
+            )
+        with atomic_directory(cfg.out) as tmp:
+            policy.model.save_pretrained(tmp, safe_serialization=True)
+            policy.tokenizer.save_pretrained(tmp)
+            vq_record = json.loads((vq_dir / "record.json").read_text("utf-8"))
+            record = {
+                "command": command,
+                "params": logged,
+                "quality": quality.model_dump(mode="json"),
+                "vq": {"path": str(vq_dir), "model.safetensors": vq_record["files"].get("model.safetensors")},
+                "files": file_hashes(tmp),
+                "mlflow_run_id": run.run_id,
+            }
+            atomic_write_json(tmp / "record.json", record)
+        run.set_tags({"bootstrap.lm.sha256": record["files"]["model.safetensors"]})
+        return LMResult(out=cfg.out, quality=quality.model_dump(mode="json"), mlflow_run_id=run.run_id)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import StaticCache
 
 from focusdiff.model.policy import Policy
-from focusdiff.model.prompting import build_prompt_batch
+from focusdiff.model.prompting import PromptBatch, build_prompt_batch
 
 
 @dataclass(frozen=True)
@@ -128,21 +128,32 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
     return Rollout(tokens, logprobs, decode_tokens(policy, tokens) if decode else None)
 
 
+def image_token_scores(policy: Policy, batch: PromptBatch, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced generation-head logits for every image token, (rows, N, V).
+
+    `batch` holds any rows (conditional and/or unconditional, left-padded) and
+    `tokens` one image-token row per batch row; position L-1+j predicts token j.
+    Shared by the loss (`token_logprobs`) and supervised fine-tuning.
+    """
+    model, device = policy.model, policy.device
+    rows, L = batch.input_ids.shape
+    N = tokens.shape[1]
+    image_embeds = model.prepare_embeddings_for_image_generation(tokens[:, :-1])
+    embeds = torch.cat([model.get_input_embeddings()(batch.input_ids), image_embeds], dim=1)
+    mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(rows, N - 1)], dim=1)
+    steps = torch.arange(1, N, device=device)
+    positions = torch.cat([batch.position_ids, batch.position_ids[:, -1:] + steps], dim=1)
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    return model.model.generation_head(hidden[:, L - 1 :]).float()
+
+
 def token_logprobs(
     policy: Policy, prompts: list[str], tokens: torch.Tensor, s: SamplingConfig = SamplingConfig(), form: str = "sampling"
 ) -> torch.Tensor:
     """Teacher-forced log p(tokens | prompt) per token, (B, N), with gradients through
     both the conditional and the unconditional pass (as the Pair-GRPO loss needs)."""
-    model, device = policy.model, policy.device
-    batch = build_prompt_batch(policy.tokenizer, prompts, device)
-    B, L = len(prompts), batch.input_ids.shape[1]
-    N = tokens.shape[1]
-    image_embeds = model.prepare_embeddings_for_image_generation(tokens.repeat(2, 1)[:, :-1])
-    embeds = torch.cat([model.get_input_embeddings()(batch.input_ids), image_embeds], dim=1)
-    mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(2 * B, N - 1)], dim=1)
-    steps = torch.arange(1, N, device=device)
-    positions = torch.cat([batch.position_ids, batch.position_ids[:, -1:] + steps], dim=1)
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-    scores = model.model.generation_head(hidden[:, L - 1 :]).float()  # position L-1+j predicts token j
+    batch = build_prompt_batch(policy.tokenizer, prompts, policy.device)
+    B = len(prompts)
+    scores = image_token_scores(policy, batch, tokens.repeat(2, 1))
     logits = truncate(guided_logits(scores[:B], scores[B:], s, form), s)
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
