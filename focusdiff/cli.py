@@ -173,6 +173,50 @@ def bootstrap_lm(
     console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@app.command("generate")
+def generate(
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="prompts (or --prompts-file)")] = None,
+    policy: Annotated[str, typer.Option(help="shapes-base, a checkpoint directory, or a hub id")] = "shapes-base",
+    prompts_file: Annotated[Optional[Path], typer.Option(help="one prompt per line")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("outputs/generate"),
+    n: Annotated[int, typer.Option("--n", help="images per prompt")] = 4,
+    seed: int = 0,
+    cfg_weight: float = 5.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> None:
+    """Generate images for prompts with any loadable policy; writes PNGs and a grid."""
+    from rich.progress import Progress
+
+    from focusdiff.errors import ConfigError
+
+    texts = list(prompts or [])
+    if prompts_file is not None:
+        try:
+            texts += [line.strip() for line in prompts_file.read_text("utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{prompts_file}: cannot read prompts: {exc}") from None
+    if not texts:
+        raise ConfigError("no prompts: pass them as arguments or with --prompts-file")
+    from focusdiff.model.generate import generate_images  # torch: only once the arguments are valid
+    from focusdiff.model.loading import load_policy
+    from focusdiff.model.sampler import SamplingConfig
+
+    try:
+        sampling = SamplingConfig(cfg_weight=cfg_weight, temperature=temperature, top_k=top_k, top_p=top_p)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    loaded = load_policy(policy, device=device)
+    with Progress(console=console) as progress:
+        task = progress.add_task("generating", total=len(texts) * n)
+        generate_images(loaded, texts, out, images_per_prompt=n, seed=seed, sampling=sampling,
+                        batch_size=batch_size, on_batch=lambda k: progress.advance(task, k))
+    console.print(f"wrote {len(texts) * n} images and {out / 'grid.png'}")
+
+
 @app.command("pipeline")
 def pipeline(
     project_dir: Annotated[Path, typer.Option(help="project checkout holding dvc.yaml and params.yaml")] = Path("."),

@@ -23,6 +23,7 @@ from focusdiff.config import Params
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.tracking import StageRun
+from focusdiff.viz import labeled_grid
 
 
 class QualityGateError(FocusdiffError):
@@ -87,15 +88,12 @@ class LMResult(BaseModel):
     mlflow_run_id: str
 
 
-def sample_grid(policy, prompts: list[str], seed: int = 0) -> Image.Image:
+def sample_grid(policy, prompts: list[str], seed: int = 0, per_row: int = 4) -> Image.Image:
     """One row per prompt: a few samples side by side (for MLflow)."""
     from focusdiff.model.sampler import sample
 
-    per_row = 4
     rollout = sample(policy, [p for p in prompts for _ in range(per_row)], [seed + i for i in range(len(prompts) * per_row)])
-    rows = [np.concatenate(list(rollout.images[i * per_row : (i + 1) * per_row]), 1) for i in range(len(prompts))]
-    grid = np.concatenate(rows, 0)
-    return Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
+    return labeled_grid([(list(rollout.images[i * per_row : (i + 1) * per_row]), p) for i, p in enumerate(prompts)])
 
 
 GRID_PROMPTS = [
