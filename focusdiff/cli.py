@@ -217,6 +217,18 @@ def generate(
     console.print(f"wrote {len(texts) * n} images and {out / 'grid.png'}")
 
 
+@app.command("convert")
+def convert(
+    src: Annotated[Path, typer.Argument(help="DeepSeek-format Janus checkpoint directory (e.g. Janus-Pro-7B, Janus-FocusDiff-7B)")],
+    dst: Annotated[Path, typer.Argument(help="transformers-format directory to write (replaced atomically)")],
+) -> None:
+    """Convert a DeepSeek-format Janus checkpoint into transformers format (safetensors)."""
+    from focusdiff.model.convert import convert_checkpoint
+
+    out = convert_checkpoint(src, dst)
+    console.print(f"converted {src} -> {out}")
+
+
 @app.command("pipeline")
 def pipeline(
     project_dir: Annotated[Path, typer.Option(help="project checkout holding dvc.yaml and params.yaml")] = Path("."),

@@ -26,18 +26,24 @@ only, no arbitrary unpickling) or with safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pickle
 import re
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory
+
+if TYPE_CHECKING:  # transformers is imported lazily: importing it costs seconds
+    from transformers import JanusConfig
 
 
 class ModelLoadError(FocusdiffError):
@@ -392,7 +398,9 @@ def _vq_config(cfg: _ConfigReader, text_hidden: int) -> dict[str, Any]:
     }
 
 
-def convert_config(deepseek_config: dict[str, Any], *, token_ids: dict[str, int] | None = None, source: str = "config.json"):
+def convert_config(
+    deepseek_config: dict[str, Any], *, token_ids: dict[str, int] | None = None, source: str = "config.json"
+) -> JanusConfig:
     """The `JanusConfig` equivalent to a DeepSeek `MultiModalityConfig` dict.
 
     `token_ids` (keys bos_token_id, eos_token_id, pad_token_id, image_token_id) come
@@ -477,13 +485,10 @@ def load_weight_file(path: Path) -> dict[str, Tensor]:
             raise ModelLoadError(f"cannot read safetensors file {path}: {e}") from e
     else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            # mmap (zip-format files only) keeps a 15 GB checkpoint out of RAM until it is written
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
-            # weights_only=True refuses any object that is not a tensor or plain container
-            raise ModelLoadError(
-                f"refusing to load {path}: it is not a plain-tensor checkpoint (torch.load weights_only=True failed: "
-                f"{str(e).splitlines()[0]})"
-            ) from e
+            raise unpickling_refused(path, e) from e
         except (RuntimeError, OSError, EOFError, ValueError) as e:
             raise ModelLoadError(f"cannot read checkpoint file {path}: {e}") from e
     if not isinstance(sd, dict):
@@ -492,6 +497,18 @@ def load_weight_file(path: Path) -> dict[str, Tensor]:
     if not_tensors:
         raise ModelLoadError(f"{path} holds entries that are not named tensors: {_name_keys(not_tensors)}")
     return sd
+
+
+def unpickling_refused(path: Path, error: pickle.UnpicklingError) -> ModelLoadError:
+    """The error for a .bin file that `torch.load(weights_only=True)` refused.
+
+    weights_only refuses any object that is not a tensor or a plain container; torch's
+    own message goes on to suggest weights_only=False, which is exactly what must not
+    be done with an untrusted file, so only its diagnosis is kept.
+    """
+    match = re.search(r"WeightsUnpickler error: (.*)", str(error))
+    reason = match.group(1).split(". ")[0] if match else str(error).splitlines()[0]
+    return ModelLoadError(f"refusing to load {path}: it is not a plain-tensor checkpoint ({reason})")
 
 
 def load_deepseek_state_dict(src: Path) -> dict[str, Tensor]:
@@ -526,6 +543,18 @@ def _check_index(src: Path, files: list[Path], sd: dict[str, Tensor]) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _transformers_log_level(level: int) -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
 def _require_tokenizer_files(src: Path) -> None:
     missing = [name for name in TOKENIZER_FILES if not (src / name).is_file()]
     if missing:
@@ -549,7 +578,10 @@ def load_deepseek_tokenizer(src: Path):
         if raw.token_to_id(token) is None:
             raise ModelLoadError(f"{src / 'tokenizer.json'} has no token {token!r}, which Janus image generation needs")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src, extra_special_tokens=IMAGE_SPECIAL_TOKENS)
+        # quiet: transformers reads DeepSeek's config.json on the way and warns that
+        # "multi_modality" is not a model type it knows, which is expected here
+        with _transformers_log_level(logging.ERROR):
+            tokenizer = AutoTokenizer.from_pretrained(src, extra_special_tokens=IMAGE_SPECIAL_TOKENS)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"cannot load the tokenizer in {src}: {e}") from e
     if tokenizer.pad_token is None:

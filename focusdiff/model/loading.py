@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from focusdiff.model.convert import (
     convert_checkpoint,
     is_deepseek_config,
     read_json,
+    unpickling_refused,
     weight_files,
 )
 from focusdiff.model.policy import Policy
@@ -63,7 +65,7 @@ SHAPES_BASE_DIR = Path(__file__).parent / "weights" / SHAPES_BASE
 # Bump when convert.py changes what it writes, so old cache entries are not reused.
 CONVERTER_VERSION = "1"
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
+_FINGERPRINTED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$", re.ASCII)
 
 
@@ -89,6 +91,8 @@ def load_policy(
     path = Path(source).expanduser()
     if path.is_dir():
         return _load_directory(path, str(source), dtype, device, cache_dir)
+    if path.exists():
+        raise ModelLoadError(f"not a directory: {source} (give the checkpoint's directory)")
     if isinstance(source, Path) or _looks_like_path(source):
         raise ModelLoadError(f"no such directory: {source}")
     return _load_directory(_fetch_from_hub(source), source, dtype, device, cache_dir)
@@ -128,7 +132,7 @@ def _load_directory(
 def _load_model(directory: Path, dtype: torch.dtype):
     from transformers import JanusForConditionalGeneration
 
-    weight_files(directory)  # a clear error for a missing weights file or shard, before transformers'
+    files = weight_files(directory)  # a clear error for a missing weights file or shard, before transformers'
     try:
         model, info = JanusForConditionalGeneration.from_pretrained(
             directory,
@@ -139,8 +143,8 @@ def _load_model(directory: Path, dtype: torch.dtype):
             output_loading_info=True,
             local_files_only=True,
         )
-    except ModelLoadError:
-        raise
+    except pickle.UnpicklingError as e:
+        raise unpickling_refused(files[0] if len(files) == 1 else directory, e) from e
     except Exception as e:  # corrupt files surface as many exception types; keep the cause
         raise ModelLoadError(f"cannot load the model in {directory}: {type(e).__name__}: {e}") from e
     _check_loading_info(directory, info)
@@ -210,7 +214,7 @@ def conversion_cache_dir(cache_dir: str | Path | None = None) -> Path:
 
 def _fingerprint(src: Path) -> str:
     digest = hashlib.sha256(f"focusdiff-convert-v{CONVERTER_VERSION}\n".encode())
-    for name in (CONFIG_FILE, *_TOKENIZER_FILES, *WEIGHT_INDEXES):
+    for name in (CONFIG_FILE, *_FINGERPRINTED_FILES, *WEIGHT_INDEXES):
         path = src / name
         if path.is_file():
             digest.update(f"{name}\n".encode())
@@ -243,7 +247,7 @@ def _fetch_from_hub(repo_id: str) -> Path:
     try:
         config = read_json(Path(hf_hub_download(repo_id, CONFIG_FILE)))
         weights = ["*.bin", "*.bin.index.json"] if is_deepseek_config(config) else ["*.safetensors", "*.safetensors.index.json"]
-        patterns = [CONFIG_FILE, "generation_config.json", "processor_config.json", "chat_template*", *_TOKENIZER_FILES, *weights]
+        patterns = [CONFIG_FILE, "generation_config.json", "processor_config.json", "chat_template*", *_FINGERPRINTED_FILES, *weights]
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except ModelLoadError:
         raise
