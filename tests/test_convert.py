@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -29,6 +30,7 @@ from transformers import (
 )
 
 from focusdiff.model.convert import (
+    CODEBOOK_KEY,
     ModelLoadError,
     convert_checkpoint,
     convert_config,
@@ -265,12 +267,34 @@ def _saved_tensors(directory: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------
 
 
+def _expected(original) -> dict[str, torch.Tensor]:
+    """The original weights, with the codebook rows unit-normalised as the converter does."""
+    sd = dict(original.state_dict())
+    sd[CODEBOOK_KEY] = torch.nn.functional.normalize(sd[CODEBOOK_KEY], dim=-1)
+    return sd
+
+
 def test_round_trip_is_exact(original, converted):
-    expected, saved = original.state_dict(), _saved_tensors(converted)
+    expected, saved = _expected(original), _saved_tensors(converted)
     assert saved.keys() == expected.keys()
     for key, tensor in expected.items():
         assert torch.equal(saved[key], tensor), key
+    assert not torch.equal(saved[CODEBOOK_KEY], original.state_dict()[CODEBOOK_KEY])  # random rows were not unit
     assert not list(converted.glob("*.bin")), "the converted checkpoint is safetensors only"
+
+
+def test_converted_vq_encodes_like_deepseek_and_decodes_unchanged(original, converted):
+    """DeepSeek quantizes by cosine (both sides L2-normalised); the converted encode() must agree."""
+    model = JanusForConditionalGeneration.from_pretrained(converted, dtype=torch.float32).eval()
+    torch.manual_seed(1)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    vq, ref = model.model.vqmodel, original.model.vqmodel
+    with torch.no_grad():
+        z = ref.quant_conv(ref.encoder(pixels)).permute(0, 2, 3, 1).reshape(-1, ref.config.embed_dim)
+        cosine = (F.normalize(z, dim=-1) @ F.normalize(ref.quantize.embedding.weight, dim=-1).T).argmax(-1)
+        tokens = vq.encode(pixels).image_tokens.view(-1)
+        assert torch.equal(tokens, cosine)
+        assert torch.allclose(vq.decode(tokens.view(2, -1)), ref.decode(tokens.view(2, -1)), atol=1e-5)
 
 
 def test_round_trip_from_two_shards(original, tmp_path):
@@ -278,7 +302,7 @@ def test_round_trip_from_two_shards(original, tmp_path):
     assert len(list(src.glob("pytorch_model-*.bin"))) == 2
     saved = _saved_tensors(convert_checkpoint(src, tmp_path / "out"))
     assert saved.keys() == original.state_dict().keys()
-    assert all(torch.equal(saved[k], v) for k, v in original.state_dict().items())
+    assert all(torch.equal(saved[k], v) for k, v in _expected(original).items())
 
 
 def test_converted_model_generates_the_same_image_tokens(original, converted):

@@ -32,7 +32,13 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def original():
-    return tiny_model()
+    """The tiny model with unit-norm codebook rows (as any cosine-trained VQ has), so that
+    conversion, which normalises the rows, leaves every tensor exactly as it was."""
+    model = tiny_model()
+    with torch.no_grad():
+        codebook = model.model.vqmodel.quantize.embedding.weight
+        codebook.copy_(torch.nn.functional.normalize(codebook, dim=-1))
+    return model
 
 
 @pytest.fixture(scope="module")

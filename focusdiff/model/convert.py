@@ -225,6 +225,9 @@ def _split_fused(new_key: str, tensor: Tensor) -> dict[str, Tensor]:
     return {f"{stem}.{name}.{kind}": part.clone() for name, part in zip(names, tensor.chunk(len(names), dim=0), strict=True)}
 
 
+CODEBOOK_KEY = "model.vqmodel.quantize.embedding.weight"
+
+
 def convert_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a DeepSeek Janus state dict to transformers' `JanusForConditionalGeneration` names.
 
@@ -234,7 +237,8 @@ def convert_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     (layers.0/2 -> fc1/hidden_layers.0), and the understanding tower (qkv split in
     thirds, kv in halves, pos_embed batch dimension dropped, patch_embed,
     norm -> post_layernorm, proj -> projection_layer, norm1/2 -> layer_norm1/2,
-    attn_pool dropped). All keys no rule covers are reported together.
+    attn_pool dropped). The VQ codebook rows are L2-normalised (see below): the
+    one tensor not copied bit for bit. All keys no rule covers are reported together.
     """
     out: dict[str, Tensor] = {}
     unmapped: list[str] = []
@@ -248,6 +252,12 @@ def convert_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         if new_key == "model.vision_model.embeddings.position_embedding.weight":
             tensor = _drop_batch_dim(key, tensor)
+        if new_key == CODEBOOK_KEY:
+            # DeepSeek's quantizer L2-normalises latent and codebook (cosine) when encoding;
+            # transformers' encode() takes the nearest raw code. With unit rows the two pick
+            # the same code, so ground-truth images tokenize as DeepSeek's did. decode()
+            # normalises rows itself, so decoding is unchanged.
+            tensor = torch.nn.functional.normalize(tensor.float(), dim=-1).to(tensor.dtype)
         for name, value in _split_fused(new_key, tensor).items():
             if name in out:
                 raise ModelLoadError(f"two DeepSeek keys map to the same transformers key {name!r} (one is {key!r})")
