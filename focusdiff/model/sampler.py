@@ -1,7 +1,9 @@
-"""Batched CFG sampling of image tokens with a static KV cache, returning log-probs.
+"""Batched CFG sampling of image tokens with a preallocated KV cache, returning log-probs.
 
 Rollouts dominate Pair-GRPO's time, and the loss needs the log-probability of every
-sampled token under the distribution that produced it. So one pass here gives:
+sampled token under the distribution that produced it. The cache is preallocated
+(like a static cache) but attention reads only its filled prefix, and decode steps
+run the model's own layers without the generic forward's per-call overhead. So one pass here gives:
 tokens, their log-probs under the *sampling* distribution (CFG, temperature and the
 same top-k/top-p truncation), and decoded images. `token_logprobs` recomputes the
 same quantities teacher-forced, with gradients, for the loss.
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import StaticCache
 
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
@@ -84,47 +85,90 @@ def decode_tokens(policy: Policy, tokens: torch.Tensor) -> np.ndarray:
     return pixels.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+class _PrefixKV:
+    """Keys/values per layer in preallocated tensors; attention reads only the filled
+    prefix (a static cache would attend over its whole length every step)."""
+
+    def __init__(self, lm, rows: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        cfg = lm.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        shape = (rows, cfg.num_key_value_heads, max_len, head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in lm.layers]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in lm.layers]
+        self.length = 0
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        end = self.length + key.shape[2]
+        self.keys[layer_idx][:, :, self.length : end] = key
+        self.values[layer_idx][:, :, self.length : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+
+def _decoder_pass(lm, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: _PrefixKV) -> torch.Tensor:
+    """The language model's own layers, without its generic forward's per-call overhead
+    (mask construction, cache bookkeeping): for tiny CPU models that overhead is a third
+    of a decode step."""
+    position_embeddings = lm.rotary_emb(embeds, positions)
+    hidden = embeds
+    for layer in lm.layers:
+        hidden = layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=kv,
+                       position_embeddings=position_embeddings)
+    kv.length += embeds.shape[1]
+    return lm.norm(hidden[:, -1])
+
+
+def _additive_mask(keep: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 1, queries, keys) additive mask: causal over the last `queries` keys, padding
+    masked. A padded query still sees itself, so no attention row is empty (NaN-free)."""
+    rows, keys = keep.shape
+    q_pos = torch.arange(keys - queries, keys, device=keep.device)[:, None]
+    k_pos = torch.arange(keys, device=keep.device)[None, :]
+    allowed = (k_pos <= q_pos) & keep[:, None, :].bool()
+    allowed |= k_pos == q_pos
+    return torch.zeros(rows, 1, queries, keys, dtype=dtype, device=keep.device).masked_fill(
+        ~allowed[:, None], torch.finfo(dtype).min)
+
+
+_NOISE_BLOCK = 64  # steps of sampling noise drawn per row at a time
+
+
 @torch.no_grad()
 def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConfig = SamplingConfig(), decode: bool = True) -> Rollout:
+    """Sample one image per prompt. Row r draws from torch.Generator(seed r) exactly as
+    `torch.multinomial` would (its exponential race: argmax of p / Exp(1) noise), batched."""
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     model, device = policy.model, policy.device
     lm = model.model.language_model
+    if lm.config._attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"the sampler needs sdpa or eager attention, not {lm.config._attn_implementation!r}; "
+                         "load the policy with attn_implementation='sdpa'")
     batch = build_prompt_batch(policy.tokenizer, prompts, device)
     B, L, N = len(prompts), batch.input_ids.shape[1], policy.num_image_tokens
-    cache = StaticCache(config=model.config.text_config, max_cache_len=L + N)
-    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-    mask = batch.attention_mask
+    embeds = model.get_input_embeddings()(batch.input_ids)
+    kv = _PrefixKV(lm, 2 * B, L + N, embeds.dtype, device)
+    keep = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(2 * B, N)], dim=1)
+    hidden = _decoder_pass(lm, embeds, batch.position_ids, _additive_mask(keep[:, :L], L, embeds.dtype), kv)
+    # A decode step's query is the newest position: its mask is the key-padding row, sliced.
+    step_mask = torch.zeros(2 * B, 1, 1, L + N, dtype=embeds.dtype, device=device).masked_fill(
+        ~keep[:, None, None, :].bool(), torch.finfo(embeds.dtype).min)
     position = batch.position_ids[:, -1:]
-    out = lm(
-        inputs_embeds=model.get_input_embeddings()(batch.input_ids),
-        attention_mask=mask,
-        position_ids=batch.position_ids,
-        past_key_values=cache,
-        use_cache=True,
-        cache_position=torch.arange(L, device=device),
-    )
+    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     tokens = torch.empty(B, N, dtype=torch.long, device=device)
     logprobs = torch.empty(B, N, dtype=torch.float32, device=device)
     for i in range(N):
-        scores = model.model.generation_head(out.last_hidden_state[:, -1]).float()
+        scores = model.model.generation_head(hidden).float()
         logits = truncate(guided_logits(scores[:B], scores[B:], s), s)
-        probs = torch.softmax(logits, dim=-1)
-        for r in range(B):
-            tokens[r, i] = torch.multinomial(probs[r : r + 1], 1, generator=generators[r])[0, 0]
+        if i % _NOISE_BLOCK == 0:
+            steps = min(_NOISE_BLOCK, N - i)
+            noise = torch.stack([torch.empty(steps, logits.shape[-1], device=device).exponential_(generator=g) for g in generators])
+        tokens[:, i] = (torch.softmax(logits, dim=-1) / noise[:, i % _NOISE_BLOCK]).argmax(dim=-1)
         logprobs[:, i] = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, i : i + 1])[:, 0]
         if i + 1 == N:
             break
-        mask = torch.cat([mask, mask.new_ones(2 * B, 1)], dim=1)
         position = position + 1
-        out = lm(
-            inputs_embeds=model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2)[:, None]),
-            attention_mask=mask,
-            position_ids=position,
-            past_key_values=cache,
-            use_cache=True,
-            cache_position=torch.tensor([L + i], device=device),
-        )
+        step_embeds = model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2)[:, None])
+        hidden = _decoder_pass(lm, step_embeds, position, step_mask[..., : L + i + 1], kv)
     return Rollout(tokens, logprobs, decode_tokens(policy, tokens) if decode else None)
 
 

@@ -1,0 +1,131 @@
+"""Rollout speed: this project's CFG sampler vs transformers' generate(generation_mode="image")
+vs the naive loop of the reference FocusDiff code (re-feeding embeddings through a dynamic
+cache step by step). Same model, same batch, same seeds, one run each after a warm-up;
+prints images/s and the ratios. Not a test: run it, read the ratios.
+
+  ./uvw run python bench/rollout.py                    # CPU, ShapesWorld base architecture
+  ./uvw run python bench/rollout.py --janus-pro-1b     # GPU: random Janus-Pro-1B-sized config, CFG batch 2x16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, GenerationConfig, JanusForConditionalGeneration
+
+from focusdiff.model.policy import Policy
+from focusdiff.model.prompting import build_prompt_batch
+from focusdiff.model.sampler import SamplingConfig, sample
+
+PROMPT = "a photo of a small red circle to the left of a large blue square"
+
+
+@torch.no_grad()
+def naive_loop(policy: Policy, prompts: list[str], seed: int, s: SamplingConfig) -> torch.Tensor:
+    """The reference code's sampler: no static cache, one global multinomial per step."""
+    model = policy.model
+    batch = build_prompt_batch(policy.tokenizer, prompts, policy.device)
+    B, N = len(prompts), policy.num_image_tokens
+    torch.manual_seed(seed)
+    embeds = model.get_input_embeddings()(batch.input_ids)
+    cache = DynamicCache()
+    tokens = []
+    for _ in range(N):
+        out = model.model.language_model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        logits = model.model.generation_head(out.last_hidden_state[:, -1])
+        guided = logits[B:] + s.cfg_weight * (logits[:B] - logits[B:])
+        probs = torch.softmax(guided / s.temperature, dim=-1)
+        token = torch.multinomial(probs, num_samples=1)
+        tokens.append(token)
+        embeds = model.prepare_embeddings_for_image_generation(torch.cat([token, token]))
+    return torch.cat(tokens, dim=1)
+
+
+@torch.no_grad()
+def hf_generate(policy: Policy, prompts: list[str], seed: int, s: SamplingConfig) -> torch.Tensor:
+    tok = policy.tokenizer
+    gen = GenerationConfig(do_sample=True, top_k=0, temperature=s.temperature, guidance_scale=s.cfg_weight,
+                           bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+                           generation_kwargs={"boi_token_id": policy.boi_token_id}, max_new_tokens=policy.num_image_tokens)
+    b = build_prompt_batch(tok, prompts, policy.device)
+    torch.manual_seed(seed)
+    return policy.model.generate(input_ids=b.input_ids[: len(prompts)], attention_mask=b.attention_mask[: len(prompts)],
+                                 generation_config=gen, generation_mode="image")
+
+
+def ours(policy: Policy, prompts: list[str], seed: int, s: SamplingConfig) -> torch.Tensor:
+    return sample(policy, prompts, [seed + i for i in range(len(prompts))], s, decode=False).tokens
+
+
+def timed(fn, *args) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def shapes_policy() -> Policy:
+    from focusdiff.model.configs import VQTrainConfig
+    from focusdiff.model.loading import SHAPES_BASE_DIR, load_policy
+    from focusdiff.model.shapes_model import build_config, build_tokenizer
+    from focusdiff.model.vq import vq_config
+
+    if SHAPES_BASE_DIR.is_dir():
+        return load_policy("shapes-base")
+    tok = build_tokenizer()  # same architecture, random weights: speed does not depend on them
+    return Policy(JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()))).eval(), tok, "random")
+
+
+def janus_pro_1b_policy(device: str) -> Policy:
+    """Janus-Pro-1B's shapes with random weights (no download needed for speed)."""
+    from transformers import JanusConfig
+
+    from focusdiff.model.shapes_model import build_tokenizer
+
+    tok = build_tokenizer()
+    config = JanusConfig(
+        text_config={"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24,
+                     "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 102400,
+                     "max_position_embeddings": 16384, "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id},
+        vision_config={"num_hidden_layers": 1},  # the understanding tower is unused for generation
+        vq_config={"projection_dim": 2048, "image_token_embed_dim": 2048},
+        image_token_id=tok.convert_tokens_to_ids(tok.image_token),
+    )
+    model = JanusForConditionalGeneration(config).to(device=device, dtype=torch.bfloat16).eval()
+    return Policy(model, tok, "random-janus-pro-1b")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--janus-pro-1b", action="store_true", help="GPU: random Janus-Pro-1B-sized model")
+    ap.add_argument("--batch", type=int, default=16, help="prompts per batch (CFG doubles the rows)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler (median reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = janus_pro_1b_policy(device) if args.janus_pro_1b else shapes_policy()
+    prompts = [PROMPT] * args.batch
+    s = SamplingConfig()
+    results = {}
+    for name, fn in (("naive loop (reference)", naive_loop), ("transformers generate", hf_generate), ("focusdiff sampler", ours)):
+        fn(policy, prompts, 0, s)  # warm-up at the measured size (allocator, caches)
+        results[name] = statistics.median(timed(fn, policy, prompts, 0, s) for _ in range(args.repeats))
+    print(f"device {device}, policy {policy.source}, batch {args.batch} (CFG rows {2 * args.batch}), "
+          f"{policy.num_image_tokens} tokens per image, {torch.get_num_threads()} threads, median of {args.repeats}")
+    for name, seconds in results.items():
+        print(f"  {name:24s} {args.batch / seconds:8.2f} images/s  ({seconds:.2f} s)")
+    base = results["naive loop (reference)"]
+    print(f"ratio focusdiff/naive: {base / results['focusdiff sampler']:.2f}x; "
+          f"focusdiff/generate: {results['transformers generate'] / results['focusdiff sampler']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
