@@ -173,6 +173,31 @@ def bootstrap_lm(
     console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@bootstrap_app.command("report")
+def bootstrap_report(
+    policy: Annotated[str, typer.Option(help="shapes-base, a checkpoint directory, or a hub id")] = "shapes-base",
+    pairs_per_category: int = 20,
+    seed: int = 4321,
+    cfg_weight: float = 5.0,
+) -> None:
+    """Measure how well a policy draws ShapesWorld prompts (sampled, read by the exact checker)."""
+    from focusdiff.model.loading import load_policy
+    from focusdiff.model.quality import policy_quality
+    from focusdiff.model.sampler import SamplingConfig
+
+    report = policy_quality(load_policy(policy), pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
+    table = Table(title=f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}")
+    table.add_column("category")
+    table.add_column("images right", justify="right")
+    table.add_column("pairs right", justify="right")
+    for cat, acc in report.by_category.items():
+        table.add_row(cat.replace("_", " "), f"{acc:.1%}", f"{report.pair_by_category[cat]:.1%}")
+    table.add_row("all", f"{report.image_accuracy:.1%}", f"{report.pair_accuracy:.1%}")
+    console.print(table)
+    console.print(f"single-object prompts right: {report.single_object_accuracy:.1%}; "
+                  f"clause accuracy: {report.clause_accuracy:.1%}")
+
+
 @app.command("generate")
 def generate(
     prompts: Annotated[Optional[list[str]], typer.Argument(help="prompts (or --prompts-file)")] = None,

@@ -74,3 +74,11 @@ def test_errors_are_clear(policy_dir, tmp_path, args, error):
 def test_cli_exit_code_for_user_errors(tmp_path):
     proc = subprocess.run([FOCUSDIFF, "generate", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and "error: no prompts" in proc.stderr
+
+
+def test_bootstrap_report_prints_quality_table(policy_dir):
+    result = runner.invoke(app, ["bootstrap", "report", "--policy", str(policy_dir), "--pairs-per-category", "1"])
+    assert result.exit_code == 0, result.output
+    for cat in ("color", "counting", "overall appearance", "position", "style tone", "text"):
+        assert cat in result.output
+    assert "single-object prompts right:" in result.output and "12 images" in result.output
