@@ -4,9 +4,10 @@ A test gets its own checkout: the files git knows about (tracked, plus untracked
 files that are not ignored, so work in progress is included), committed to a fresh
 git repository, with ``params.yaml`` shrunk so that building the dataset takes about
 a second. Nothing the real checkout has produced comes along: no ``.venv``,
-``data/``, ``mlflow.db``, ``mlartifacts/``, ``.dvc-storage/`` or ``.dvc/cache``; and
-``dvc.lock`` only on request (``with_lock=True``: a clone as committed, whose lock was
-written for the full-size parameters and is therefore stale).
+``data/``, ``mlflow.db``, ``mlartifacts/``, ``.dvc-storage/`` or ``.dvc/cache``. The
+committed ``dvc.lock`` comes along by default, as in a real clone: its data stage
+was written for the full-size parameters and is stale, while stages whose outputs
+ship in git (the bootstrap weights) stay up to date.
 
 :func:`project_env` gives subprocesses an environment isolated from the host: this
 virtualenv's ``bin`` first on PATH (so ``dvc`` and the stage command ``focusdiff``
@@ -219,7 +220,7 @@ class ProjectCopy:
 def make_project(
     dest: Path,
     *,
-    with_lock: bool = False,
+    with_lock: bool = True,
     shapes: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     source: Path = REPO_ROOT,
@@ -228,7 +229,9 @@ def make_project(
     """Copy the project into ``dest``, shrink its dataset, and commit it to a fresh git repo.
 
     ``shapes`` replaces SMALL_SHAPES (merged into ``data.shapes``); ``params`` is
-    deep-merged into params.yaml last. ``with_lock`` also copies the committed dvc.lock.
+    deep-merged into params.yaml last. ``with_lock`` (default, as in a real clone) copies
+    dvc.lock, so stages whose outputs ship in git (the bootstrap weights) are up to date
+    and only the shrunk data stage re-runs.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=False)
