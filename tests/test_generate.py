@@ -25,6 +25,8 @@ FOCUSDIFF = str(Path(sys.executable).parent / "focusdiff")
 runner = CliRunner()
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("policy")

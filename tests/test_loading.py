@@ -22,12 +22,7 @@ from focusdiff.model.loading import SHAPES_BASE, ModelLoadError, conversion_cach
 from tests.test_convert import BOI, IMAGE, PROMPT, raw_tokenizer, tiny_model, write_deepseek_checkpoint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from focusdiff.model.vq import vq_config
 PROMPTS = ["a red circle", "a photo of two blue squares on a white background", 'the letter "K"']
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 @pytest.fixture(scope="module")
 def policy() -> Policy:
     torch.manual_seed(0)

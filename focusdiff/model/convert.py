@@ -322,16 +322,24 @@ class _ConfigReader:
         return ModelLoadError(f"{self.source}: {message}")
 
 
+def _architecture(
+    cfg: _ConfigReader, what: str, name: str, presets: dict[str, dict[str, Any]], keys: frozenset[str],
+    params: dict[str, Any], section: str,
+) -> dict[str, Any]:
+    """A named preset, overridden by explicit sizes in `params`; an unknown name needs all of them."""
+    overrides = {k: v for k, v in params.items() if k in keys}
+    if name not in presets and set(overrides) != keys:
+        raise cfg.fail(
+            f"unknown {what} {name!r} (known: {sorted(presets)}); "
+            f"give all of {sorted(keys)} in {section}.params to describe it"
+        )
+    return {**presets.get(name, {}), **overrides}
+
+
 def _vision_config(cfg: _ConfigReader) -> dict[str, Any]:
     params = cfg.get("vision_config", "params")
     name = params.get("model_name", "siglip_large_patch16_384")
-    overrides = {k: v for k, v in params.items() if k in VISION_OVERRIDES}
-    if name not in SIGLIP_PRESETS and set(overrides) != VISION_OVERRIDES:
-        raise cfg.fail(
-            f"unknown vision tower model_name {name!r} (known: {sorted(SIGLIP_PRESETS)}); "
-            f"give all of {sorted(VISION_OVERRIDES)} in vision_config.params to describe it"
-        )
-    arch = {**SIGLIP_PRESETS.get(name, {}), **overrides}
+    arch = _architecture(cfg, "vision tower model_name", name, SIGLIP_PRESETS, VISION_OVERRIDES, params, "vision_config")
     # DeepSeek's create_siglip_vit keeps layers up to select_layer (-1: all of them)
     select_layer = int(params.get("select_layer", -1))
     layers = arch["layers"]
@@ -367,13 +375,7 @@ def _check_mlp_projector(cfg: _ConfigReader, section: str, params: dict[str, Any
 def _vq_config(cfg: _ConfigReader, text_hidden: int) -> dict[str, Any]:
     cls = cfg.get("gen_vision_config", "cls")
     params = cfg.get("gen_vision_config", "params")
-    overrides = {k: v for k, v in params.items() if k in VQ_OVERRIDES}
-    if cls not in VQ_PRESETS and set(overrides) != VQ_OVERRIDES:
-        raise cfg.fail(
-            f"unknown gen_vision_config.cls {cls!r} (known: {sorted(VQ_PRESETS)}); "
-            f"give all of {sorted(VQ_OVERRIDES)} in gen_vision_config.params to describe it"
-        )
-    arch = {**VQ_PRESETS.get(cls, {}), **overrides}
+    arch = _architecture(cfg, "gen_vision_config.cls", cls, VQ_PRESETS, VQ_OVERRIDES, params, "gen_vision_config")
     codebook_size = cfg.get("gen_vision_config", "params", "image_token_size")
     code_dim = cfg.get("gen_vision_config", "params", "n_embed")
 
