@@ -1,0 +1,1 @@
+"""Judges: "does this image match the description?" as a probability, from any backend."""
