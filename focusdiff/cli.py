@@ -27,6 +27,8 @@ bootstrap_app = typer.Typer(help="Train the ShapesWorld base model (VQ tokenizer
 app.add_typer(data_app, name="data")
 app.add_typer(shapes_app, name="shapes")
 app.add_typer(bootstrap_app, name="bootstrap")
+judge_app = typer.Typer(help="Judges: serve one behind the OpenAI-compatible API.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -269,6 +271,19 @@ def pipeline(
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@judge_app.command("serve")
+def judge_serve(
+    backend: Annotated[str, typer.Option(help="judge backend to serve (known: exact)")] = "exact",
+    host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: int = 8000,
+    model_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: focusdiff-<backend>)")] = None,
+) -> None:
+    """Serve a judge as an OpenAI-compatible chat-completions endpoint (P(yes) in the log-probs)."""
+    from focusdiff.judge.server import make_backend, serve
+
+    serve(make_backend(backend), host=host, port=port, model_name=model_name or f"focusdiff-{backend}")
 
 
 def _print_counts(counts: dict, title: str) -> None:
