@@ -27,7 +27,7 @@ bootstrap_app = typer.Typer(help="Train the ShapesWorld base model (VQ tokenizer
 app.add_typer(data_app, name="data")
 app.add_typer(shapes_app, name="shapes")
 app.add_typer(bootstrap_app, name="bootstrap")
-judge_app = typer.Typer(help="Judges: serve one behind the OpenAI-compatible API.", no_args_is_help=True)
+judge_app = typer.Typer(help="Judges: serve one behind the OpenAI-compatible API; calibrate one.", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
 console = Console()
@@ -273,9 +273,16 @@ def pipeline(
     console.print(table)
 
 
+JudgeBackendOpt = Annotated[str, typer.Option(help="judge backend (known: exact, hf)")]
+JudgeModelOpt = Annotated[
+    Optional[str], typer.Option(help="checkpoint directory or hub id, for backends that load a model (hf)")
+]
+
+
 @judge_app.command("serve")
 def judge_serve(
-    backend: Annotated[str, typer.Option(help="judge backend to serve (known: exact)")] = "exact",
+    backend: JudgeBackendOpt = "exact",
+    model: JudgeModelOpt = None,
     host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to expose it")] = "127.0.0.1",
     port: int = 8000,
     model_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: focusdiff-<backend>)")] = None,
@@ -283,7 +290,33 @@ def judge_serve(
     """Serve a judge as an OpenAI-compatible chat-completions endpoint (P(yes) in the log-probs)."""
     from focusdiff.judge.server import make_backend, serve
 
-    serve(make_backend(backend), host=host, port=port, model_name=model_name or f"focusdiff-{backend}")
+    serve(make_backend(backend, model), host=host, port=port, model_name=model_name or f"focusdiff-{backend}")
+
+
+@judge_app.command("report")
+def judge_report(
+    backend: JudgeBackendOpt = "exact",
+    model: JudgeModelOpt = None,
+    pairs_per_category: Annotated[int, typer.Option(min=1, help="held-out ShapesWorld pairs per category")] = 50,
+    seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: judge.report.DEFAULT_SEED)")] = None,
+    canvas: int = 32,
+) -> None:
+    """Calibrate a judge on held-out ShapesWorld pairs: accuracy, AUROC, agreement with the exact checker."""
+    from focusdiff.judge.report import DEFAULT_SEED, calibration_report
+    from focusdiff.judge.server import make_backend
+
+    seed = DEFAULT_SEED if seed is None else seed
+    report = calibration_report(make_backend(backend, model), pairs_per_category, seed, canvas)
+    title = (f"judge {backend}{f' ({model})' if model else ''}: {pairs_per_category} pairs x "
+             f"{len(report.by_category)} categories x 4 items, {canvas}px, seed {seed}")
+    table = Table(title=title)
+    table.add_column("category")
+    for col in ("items", "accuracy", "AUROC", "agrees with exact"):
+        table.add_column(col, justify="right")
+    rows = [*((cat.replace("_", " "), c) for cat, c in report.by_category.items()), ("all", report.overall)]
+    for name, c in rows:
+        table.add_row(name, str(c.items), f"{c.accuracy:.1%}", f"{c.auroc:.3f}", f"{c.agreement:.1%}")
+    console.print(table)
 
 
 def _print_counts(counts: dict, title: str) -> None:

@@ -46,20 +46,29 @@ _QUESTION_RE = re.compile(re.escape(_BEFORE) + r"(?P<prompt>.*)" + re.escape(_AF
 _DATA_URL_RE = re.compile(r"data:image/[\w.+-]+;base64,(?P<data>.*)", re.DOTALL)
 
 
-def _exact() -> Judge:
+def _exact(model: str | None) -> Judge:
     from focusdiff.judge.exact import ExactJudge
 
-    return ExactJudge()
+    return ExactJudge()  # the exact checker has no weights: `model` is ignored
 
 
-# Backends `focusdiff judge serve --backend` can start: name -> factory.
-BACKENDS: dict[str, Callable[[], Judge]] = {"exact": _exact}
+def _hf(model: str | None) -> Judge:
+    if not model:
+        raise ConfigError("the hf backend needs --model PATH: a transformers image-text-to-text checkpoint (or hub id)")
+    from focusdiff.judge.hf_judge import HFJudge
+
+    return HFJudge(model)
 
 
-def make_backend(name: str) -> Judge:
+# Backends `focusdiff judge serve --backend` can start: name -> factory(model path or None).
+BACKENDS: dict[str, Callable[[str | None], Judge]] = {"exact": _exact, "hf": _hf}
+
+
+def make_backend(name: str, model: str | None = None) -> Judge:
+    """The judge `name`; `model` is the checkpoint for backends that load one (hf)."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown judge backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name]()
+    return BACKENDS[name](model)
 
 
 # --------------------------------------------------------------------------- #
