@@ -1,4 +1,4 @@
-"""The `focusdiff-pipeline` flow: data -> (bootstrap -> judge -> train -> register ->
+"""The `focusdiff-pipeline` flow: data -> bootstrap -> (judge -> train -> register ->
 evaluate x4 -> gate, as those stages land).
 
 The flow opens one MLflow run for the pipeline; every stage's run is its child
@@ -9,6 +9,7 @@ run. Stages that produce versioned outputs run through `dvc repro <stage>`, so
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,23 @@ def push_data(project_dir: str) -> str | None:
     return remote
 
 
+BOOTSTRAP_STAGES = ("bootstrap_vq",)
+
+
+@task(name="bootstrap: base policy")
+def bootstrap(project_dir: str, pipeline_run_id: str) -> dict[str, str]:
+    """`dvc repro` the bootstrap stages: up to date (the shipped weights) unless their code
+    or parameters changed, in which case they retrain here (minutes on a GPU, hours on CPU)."""
+    params = load_params(Path(project_dir) / "params.yaml")
+    env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
+    for stage in BOOTSTRAP_STAGES:
+        out = repro(stage, cwd=project_dir, env=env)
+        get_run_logger().info(out.strip().splitlines()[-1] if out.strip() else f"dvc repro {stage}: done")
+    vq_record = json.loads((Path(project_dir) / params.bootstrap.vq.out / "record.json").read_text("utf-8"))
+    return {"bootstrap.vq.path": str(params.bootstrap.vq.out),
+            "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"]}
+
+
 @flow(name="focusdiff-pipeline", log_prints=True)
 def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, Any]:
     project = Path(project_dir).resolve()
@@ -59,11 +77,14 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
             data = version_data(str(project), run.run_id)
             remote = push_data(str(project)) if push else None
             log_dataset_summary(run, Path(data["out"]), version=data["version"])
+            base = bootstrap(str(project), run.run_id)
+            run.set_tags(base)
             _tag_children(run, data["version"])
             summary = {
                 "mlflow_run_id": run.run_id,
                 "tracking_uri": run.client.tracking_uri,
                 "data_version": data["version"],
+                **base,
                 "dvc_remote": remote,
             }
     finally:

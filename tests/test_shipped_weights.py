@@ -1,0 +1,52 @@
+"""The shipped bootstrap weights are what their record says, and as good as it says.
+
+`record.json` beside each shipped checkpoint names the command and parameters that
+produced it, its quality figures and the sha256 of every file; this checks the files
+against it, that the parameters are today's, and re-measures the quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from transformers import JanusVQVAE
+
+from focusdiff.config import load_params
+from focusdiff.model.bootstrap import file_hashes
+from focusdiff.model.vq import reconstruct
+from focusdiff.shapes.accuracy import clause_accuracy, sample_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = load_params(ROOT / "params.yaml")
+VQ_DIR = ROOT / PARAMS.bootstrap.vq.out
+
+
+def _record(directory: Path) -> dict:
+    return json.loads((directory / "record.json").read_text("utf-8"))
+
+
+def test_shipped_vq_files_match_their_record():
+    record = _record(VQ_DIR)
+    assert record["files"] == file_hashes(VQ_DIR)
+    assert record["command"] == "focusdiff bootstrap vq"
+    assert record["params"]["bootstrap.vq"] == PARAMS.bootstrap.vq.model_dump(mode="json")
+
+
+def test_dvc_lock_pins_the_shipped_vq():
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text("utf-8"))
+    (out,) = lock["stages"]["bootstrap_vq"]["outs"]
+    assert out["path"] == str(PARAMS.bootstrap.vq.out)
+    assert out["nfiles"] == len(file_hashes(VQ_DIR)) + 1  # + record.json
+
+
+def test_shipped_vq_keeps_what_its_record_says():
+    """Re-measure on the same held-out scenes the stage measured (seed 10_000 + seed)."""
+    record, cfg = _record(VQ_DIR), PARAMS.bootstrap.vq
+    assert record["reconstruction_clause_accuracy"] >= cfg.min_accuracy
+    vq = JanusVQVAE.from_pretrained(VQ_DIR).eval()
+    pairs = sample_pairs(cfg.eval_pairs_per_category, cfg.canvas, seed=10_000 + cfg.seed)
+    measured = clause_accuracy("shipped_vq", pairs, lambda batch: reconstruct(vq, batch)).accuracy
+    assert abs(measured - record["reconstruction_clause_accuracy"]) < 0.005
+    assert measured >= cfg.min_accuracy
