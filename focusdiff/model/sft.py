@@ -9,7 +9,6 @@ Quality is measured by sampling and the exact checker (focusdiff/model/quality.p
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, JanusForConditionalGeneration, JanusVQVAE
 
+from focusdiff.model.schedule import warmup_cosine
 from focusdiff.model.configs import LMTrainConfig
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
@@ -66,11 +66,8 @@ class CaptionStream:
         return captions[:n], np.stack(images[:n])
 
 
-def _lr(step: int, cfg: LMTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+def _lr(step: int, cfg) -> float:
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def sft_loss(policy: Policy, captions: list[str], tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ reconstructions of held-out scenes (gate >= 97%).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
+from focusdiff.model.schedule import warmup_cosine
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.shapes.accuracy import ConditionAccuracy, clause_accuracy, sample_pairs
 from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler
@@ -89,11 +89,8 @@ def _encode_normalized(vq: JanusVQVAE, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), dim=-1)
 
 
-def _lr(step: int, cfg: VQTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+def _lr(step: int, cfg) -> float:
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def train_vq(
@@ -153,5 +150,7 @@ def train_vq(
                  "vq/lr": _lr(step, cfg), "vq/images_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)}, step)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             accuracy = clause_accuracy("vq_reconstruction", eval_pairs, lambda b: reconstruct(ema, b))
-            log({"vq/reconstruction_clause_accuracy": accuracy.accuracy}, step)
+            log({"vq/reconstruction_clause_accuracy": accuracy.accuracy,
+                 **{f"vq/accuracy.{k}": ok / n for k, (ok, n) in accuracy.by_category.items()},
+                 **{f"vq/accuracy.clause.{k}": ok / n for k, (ok, n) in accuracy.by_kind.items()}}, step)
     return ema, accuracy
