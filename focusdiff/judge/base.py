@@ -29,6 +29,17 @@ QUESTION = 'Does this image match the description "{prompt}", please directly re
 ImageLike = Image.Image | np.ndarray
 
 
+def to_rgb(image: ImageLike) -> Image.Image:
+    """A PIL RGB image from a PIL image or a uint8 (H, W, 3) array."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got dtype {image.dtype}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+    return image.convert("RGB")
+
+
 def question(prompt: str) -> str:
     return QUESTION.format(prompt=prompt)
 

@@ -34,12 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from focusdiff.errors import ConfigError
-from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, question
+from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, question, to_rgb
 from focusdiff.judge.openai_judge import _NO, _YES, normalize_token
 
 
@@ -222,16 +221,6 @@ def _output_vocab_size(model: Any) -> int | None:
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
     return int(weight.shape[0]) if weight is not None else None
-
-
-def to_rgb(image: ImageLike) -> Image.Image:
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image array, got dtype {image.dtype}")
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
-    return image.convert("RGB")
 
 
 def _failure(index: int, prompt: str, exc: BaseException) -> ItemFailure:

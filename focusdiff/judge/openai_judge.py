@@ -49,11 +49,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
-import numpy as np
 from PIL import Image
 
 from focusdiff.errors import FocusdiffError
-from focusdiff.judge.base import ImageLike, Judge, Verdict, question
+from focusdiff.judge.base import ImageLike, Judge, Verdict, question, to_rgb
 
 _YES, _NO = "yes", "no"
 _WORD_START_MARKERS = "Ġ▁"  # BPE (GPT-2 style) and SentencePiece word-start markers
@@ -217,14 +216,8 @@ def _retry_after_seconds(resp: httpx.Response) -> float | None:
 
 def image_data_url(image: ImageLike) -> str:
     """A PNG data URL (lossless: the judge must see exactly the generated pixels)."""
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image array, got dtype {image.dtype}")
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
+    to_rgb(image).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
