@@ -49,7 +49,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
-from PIL import Image
 
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import ImageLike, Judge, Verdict, question, to_rgb
