@@ -63,7 +63,7 @@ SHAPES_BASE = "shapes-base"
 SHAPES_BASE_DIR = Path(__file__).parent / "weights" / SHAPES_BASE
 
 # Bump when convert.py changes what it writes, so old cache entries are not reused.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: VQ codebook rows are L2-normalised on conversion
 
 _FINGERPRINTED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$", re.ASCII)
