@@ -26,16 +26,21 @@ from focusdiff.versioning import default_remote, output_version, push, repro
 _PUSH_RETRIES = 3
 
 
+def _repro_as_child(stage: str, project_dir: str, pipeline_run_id: str) -> None:
+    """`dvc repro <stage>`; the stage's MLflow run nests under the pipeline run and
+    carries the flow-run id."""
+    env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
+    out = repro(stage, cwd=project_dir, env=env).strip()
+    get_run_logger().info(out.splitlines()[-1] if out else f"dvc repro {stage}: done")
+
+
 @task(name="data: version with DVC")
 def version_data(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro data` (builds or imports the dataset, tracked as a child run), then read its version."""
-    logger = get_run_logger()
     params = load_params(Path(project_dir) / "params.yaml")
-    env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
-    out = repro("data", cwd=project_dir, env=env)
-    logger.info(out.strip().splitlines()[-1] if out.strip() else "dvc repro data: done")
+    _repro_as_child("data", project_dir, pipeline_run_id)
     version = output_version(params.data.out, cwd=project_dir)
-    logger.info("dataset %s version %s", params.data.out, version)
+    get_run_logger().info("dataset %s version %s", params.data.out, version)
     return {"out": str(params.data.out), "version": version}
 
 
@@ -57,10 +62,8 @@ def bootstrap(project_dir: str, pipeline_run_id: str) -> dict[str, str]:
     """`dvc repro` the bootstrap stages: up to date (the shipped weights) unless their code
     or parameters changed, in which case they retrain here (minutes on a GPU, hours on CPU)."""
     params = load_params(Path(project_dir) / "params.yaml")
-    env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
     for stage in BOOTSTRAP_STAGES:
-        out = repro(stage, cwd=project_dir, env=env)
-        get_run_logger().info(out.strip().splitlines()[-1] if out.strip() else f"dvc repro {stage}: done")
+        _repro_as_child(stage, project_dir, pipeline_run_id)
     vq_record = json.loads((Path(project_dir) / params.bootstrap.vq.out / "record.json").read_text("utf-8"))
     return {"bootstrap.vq.path": str(params.bootstrap.vq.out),
             "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"]}

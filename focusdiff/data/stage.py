@@ -40,8 +40,9 @@ def dataset_metrics(counts: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def log_dataset_summary(run: StageRun, root: Path, version: str | None = None) -> None:
-    """Statistics per category, the manifest and a grid of sample pairs, on one run."""
+def log_dataset_summary(run: StageRun, root: Path, version: str | None = None) -> dict[str, Any]:
+    """Statistics per category, the manifest and a grid of sample pairs, on one run.
+    Returns the dataset's counts."""
     dataset = load_dataset(root)
     run.log_metrics(dataset_metrics(dataset.manifest["counts"]))
     run.log_dict(dataset.manifest, "data/manifest.json")
@@ -50,6 +51,7 @@ def log_dataset_summary(run: StageRun, root: Path, version: str | None = None) -
     if version is not None:
         tags["data.version"] = version
     run.set_tags(tags)
+    return dataset.manifest["counts"]
 
 
 def run_data_stage(params: Params) -> DataResult:
@@ -68,6 +70,5 @@ def run_data_stage(params: Params) -> DataResult:
             )
         report = validate_dataset(cfg.out, max_image_pixels=cfg.max_image_pixels)
         run.log_dict(report.model_dump(mode="json"), "data/validation.json")
-        log_dataset_summary(run, cfg.out)
-        counts = load_dataset(cfg.out).manifest["counts"]
+        counts = log_dataset_summary(run, cfg.out)
         return DataResult(out=cfg.out, counts=counts, mlflow_run_id=run.run_id)

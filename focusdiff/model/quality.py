@@ -17,7 +17,7 @@ from focusdiff.model.policy import Policy
 from focusdiff.model.sampler import SamplingConfig, sample
 from focusdiff.shapes.accuracy import sample_pairs
 from focusdiff.shapes.checker import check_description
-from focusdiff.shapes.grammar import Description
+from focusdiff.shapes.grammar import Description, caption
 
 
 class QualityReport(BaseModel):
@@ -39,7 +39,7 @@ def policy_quality(
 ) -> QualityReport:
     pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
     items = [(i, d) for i, p in enumerate(pairs) for d in (p.description1, p.description2)]
-    prompts = [p.prompt1 if k % 2 == 0 else p.prompt2 for p in pairs for k in range(2)]
+    prompts = [caption(d) for _, d in items]
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
