@@ -14,7 +14,7 @@ from focusdiff.io import atomic_write_json
 from focusdiff.model.bootstrap import QualityGateError, file_hashes, run_lm_stage
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.model.prompting import build_prompt_batch
-from focusdiff.model.sampler import image_token_scores
+from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.sft import new_policy, sft_loss
 from focusdiff.model.vq import vq_config
 

@@ -23,7 +23,8 @@ from focusdiff.model.configs import LMTrainConfig
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.quality import QualityReport, policy_quality
-from focusdiff.model.sampler import SamplingConfig, image_token_scores
+from focusdiff.model.sampler import SamplingConfig
+from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import to_pixels
 from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler
