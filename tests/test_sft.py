@@ -85,3 +85,34 @@ def test_stage_writes_a_loadable_base_with_a_true_record(tmp_path, vq_dir):
     model = JanusForConditionalGeneration.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.boi_token == "<begin_of_image>" and model.config.vision_config.num_image_tokens == 64
+
+
+def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path, vq_dir):
+    from focusdiff.model.sft import CheckpointError, train_lm
+
+    cfg = TINY_LM.model_copy(update={"steps": 4, "checkpoint_every": 2, "eval_every": 100})
+    straight, _ = train_lm(cfg, vq_dir, frozenset())
+
+    # A run that leaves its step-2 checkpoint behind: what a run killed at step 3 leaves.
+    ckpt = tmp_path / "ckpt"
+    train_lm(cfg, vq_dir, frozenset(), checkpoint_dir=ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    resumed_from = []
+    resumed, _ = train_lm(cfg, vq_dir, frozenset(), checkpoint_dir=ckpt,
+                          log=lambda m, s: resumed_from.append(m["lm/resumed_from_step"]) if "lm/resumed_from_step" in m else None)
+    assert resumed_from == [2]
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    # Other parameters: the checkpoint is not theirs, training starts fresh.
+    other = cfg.model_copy(update={"lr": 2e-3})
+    seen = []
+    train_lm(other, vq_dir, frozenset(), checkpoint_dir=ckpt, log=lambda m, s: seen.append(m))
+    assert not any("lm/resumed_from_step" in m for m in seen)
+
+    # A corrupt checkpoint is reported, never loaded.
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 2
+    (ckpt / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"optimizer.pt: sha256 differs from .*state.json \(corrupt\); delete .* to start over"):
+        train_lm(other, vq_dir, frozenset(), checkpoint_dir=ckpt)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,12 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq") -> VQR
         return VQResult(out=cfg.out, accuracy=accuracy.accuracy, by_category=by_category, mlflow_run_id=run.run_id)
 
 
+def checkpoint_dir(out: Path) -> Path:
+    """Resumable training state of a bootstrap stage, beside its output (git-ignored; removed
+    once the output is written)."""
+    return out.parent / f".{out.name}.checkpoints"
+
+
 class LMResult(BaseModel):
     out: Path
     quality: dict[str, Any]
@@ -111,7 +118,8 @@ def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm") -> LMR
     holdout = frozenset(tuple(h) for h in params.data.shapes.holdout)
     logged = {"bootstrap.lm": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout)}
     with StageRun(params.tracking, "bootstrap_lm", params=logged) as run:
-        policy, quality = train_lm(cfg, vq_dir, holdout, log=lambda metrics, step: run.log_metrics(metrics, step))
+        policy, quality = train_lm(cfg, vq_dir, holdout, log=lambda metrics, step: run.log_metrics(metrics, step),
+                                   checkpoint_dir=checkpoint_dir(cfg.out))
         run.log_dict(quality.model_dump(mode="json"), "bootstrap/base_quality.json")
         run.log_image(sample_grid(policy, GRID_PROMPTS), "bootstrap/base_samples.png")
         if quality.single_object_accuracy < cfg.min_single_object_accuracy:
@@ -132,5 +140,6 @@ def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm") -> LMR
                 "mlflow_run_id": run.run_id,
             }
             atomic_write_json(tmp / "record.json", record)
+        shutil.rmtree(checkpoint_dir(cfg.out), ignore_errors=True)
         run.set_tags({"bootstrap.lm.sha256": record["files"]["model.safetensors"]})
         return LMResult(out=cfg.out, quality=quality.model_dump(mode="json"), mlflow_run_id=run.run_id)

@@ -57,4 +57,5 @@ class LMTrainConfig(BaseModel):
     eval_pairs_per_category: int = Field(20, ge=1)
     cfg_weight: float = Field(5.0, ge=1, description="guidance used when measuring quality")
     min_single_object_accuracy: float = Field(0.8, ge=0, le=1, description="gate on single-object prompts")
+    checkpoint_every: int = Field(250, ge=1, description="steps between resumable training checkpoints")
     out: Path = Field(Path("focusdiff/model/weights/shapes-base"), description="the shipped base policy")

@@ -9,6 +9,8 @@ Quality is measured by sampling and the exact checker (focusdiff/model/quality.p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import GenerationConfig, JanusForConditionalGeneration, JanusVQVAE
 
+from focusdiff.errors import FocusdiffError
+from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.model.schedule import warmup_cosine
 from focusdiff.model.configs import LMTrainConfig
 from focusdiff.model.policy import Policy
@@ -83,12 +88,72 @@ def sft_loss(policy: Policy, captions: list[str], tokens: torch.Tensor, drop: to
     return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), tokens[order].reshape(-1))
 
 
+# Fields that do not change the training trajectory: a checkpoint survives changes to them.
+_NOT_TRAJECTORY = {"threads", "eval_every", "eval_pairs_per_category", "cfg_weight", "min_single_object_accuracy",
+                   "checkpoint_every", "out"}
+
+
+def run_fingerprint(cfg: LMTrainConfig, vq_dir: Path, holdout: frozenset[tuple[str, str]]) -> str:
+    """What a checkpoint must match to be resumed: the trajectory's parameters, the VQ, the holdout."""
+    what = {"lm": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY), "holdout": sorted(holdout),
+            "vq": hashlib.sha256((vq_dir / "model.safetensors").read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+class CheckpointError(FocusdiffError):
+    """A training checkpoint is corrupt or partial; it is never loaded silently."""
+
+
+_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors")
+
+
+def save_checkpoint(directory: Path, step: int, fingerprint: str, model, opt, stream: "CaptionStream", gen: torch.Generator) -> None:
+    """Everything the loop needs to continue bit for bit, written atomically with file hashes."""
+    with atomic_directory(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        save_file({"generator": gen.get_state()}, tmp / "rng.safetensors")
+        files = {name: hashlib.sha256((tmp / name).read_bytes()).hexdigest() for name in _CHECKPOINT_FILES}
+        atomic_write_json(tmp / "state.json", {"step": step, "fingerprint": fingerprint, "files": files,
+                                               "stream_rng": stream.sampler.rng.bit_generator.state})
+
+
+def load_checkpoint(directory: Path, fingerprint: str, model, opt, stream: "CaptionStream", gen: torch.Generator) -> int | None:
+    """Restore a checkpoint of this run; returns the step to continue from, or None when there is
+    none (or it belongs to other parameters). A damaged one raises CheckpointError."""
+    state_file = directory / "state.json"
+    if not state_file.is_file():
+        return None
+    try:
+        state = json.loads(state_file.read_text("utf-8"))
+        files, step = state["files"], int(state["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{state_file}: unreadable checkpoint state ({exc}); delete {directory} to start over") from None
+    if state.get("fingerprint") != fingerprint:
+        return None  # another run's: this one starts fresh and replaces it
+    for name in _CHECKPOINT_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint; delete {directory} to start over")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != files.get(name):
+            raise CheckpointError(f"{path}: sha256 differs from {state_file} (corrupt); delete {directory} to start over")
+    load_model(model, str(directory / "model.safetensors"))
+    opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    gen.set_state(load_file(directory / "rng.safetensors")["generator"])
+    stream.sampler.rng.bit_generator.state = state["stream_rng"]
+    return step
+
+
 def train_lm(
     cfg: LMTrainConfig,
     vq_dir: Path,
     holdout: frozenset[tuple[str, str]],
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[Policy, QualityReport]:
+    """SFT of a fresh tiny Janus; with `checkpoint_dir`, resumable: every `checkpoint_every` steps
+    the full training state is saved there, and a run with the same parameters continues from it
+    (the result equals an uninterrupted run's)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     policy = new_policy(cfg, vq_dir)
@@ -99,9 +164,15 @@ def train_lm(
     stream = CaptionStream(policy.image_size, cfg.seed, holdout)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampling = SamplingConfig(cfg_weight=cfg.cfg_weight)
+    fingerprint = run_fingerprint(cfg, vq_dir, holdout)
+    start = 0
+    if checkpoint_dir is not None:
+        start = load_checkpoint(checkpoint_dir, fingerprint, model, opt, stream, gen) or 0
+        if start:
+            log({"lm/resumed_from_step": start}, start)
     report = None
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         model.train()
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
@@ -116,7 +187,9 @@ def train_lm(
         opt.step()
         if step % 50 == 0:
             log({"lm/loss": loss.item(), "lm/lr": _lr(step, cfg), "lm/grad_norm": float(grad_norm),
-                 "lm/captions_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)}, step)
+                 "lm/captions_per_s": (step + 1 - start) * cfg.batch_size / (time.perf_counter() - t0)}, step)
+        if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(checkpoint_dir, step + 1, fingerprint, model, opt, stream, gen)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
             report = policy_quality(policy, cfg.eval_pairs_per_category, seed=4321, s=sampling)
