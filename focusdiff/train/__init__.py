@@ -1,0 +1,1 @@
+"""Pair-GRPO: groups, curriculum, advantages, loss, the training loop, checkpoints."""

@@ -1,0 +1,136 @@
+"""Pair-GRPO's arithmetic, in small functions each checked against hand-computed numbers.
+
+* `injection_probability`: the ground-truth injection curriculum p(step).
+* `group_advantages`: rewards normalised over one group; for a pair, the group is
+  expanded to the 2G images of BOTH prompts.
+* `learning_rate`: the reference run's three-phase schedule.
+* `k3_kl`, `clipped_surrogate`, `policy_loss`: the per-token objective (PPO-style
+  clipped ratio, plus beta times the k3 KL estimate to a frozen reference policy),
+  averaged over an image's tokens, then over images.
+
+Constants and their sources are in ../shared/specs/pair-grpo.md (the reference
+FocusDiff code); every one is a parameter here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """p(step) of injecting ground-truth images (reference: s1=50, s2=450, s3=1200, prob=0.25)."""
+
+    s1: int = 50
+    s2: int = 450
+    s3: int = 1200
+    prob: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.s1 < self.s2 < self.s3:
+            raise ValueError(f"curriculum steps must satisfy 0 <= s1 < s2 < s3, got {self.s1}, {self.s2}, {self.s3}")
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"curriculum prob must be in [0, 1], got {self.prob}")
+
+
+def injection_probability(step: int, c: Curriculum = Curriculum()) -> float:
+    """1 up to s1, linear down to `prob` at s2, linear down to 0 at s3, then 0."""
+    if step <= c.s1:
+        return 1.0
+    if step <= c.s2:
+        return c.prob + (1 - c.prob) * (c.s2 - step) / (c.s2 - c.s1)
+    if step <= c.s3:
+        return c.prob - c.prob * (step - c.s2) / (c.s3 - c.s2)
+    return 0.0
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(r - mean) / (std + eps) over the last dimension (one group per row), unbiased std.
+
+    For a paired item, pass the 2G rewards of both prompts as one row (the expanded
+    group); for an unpaired prompt, its G rewards. A group of one has no spread: its
+    advantage is 0 (torch's unbiased std of one value is NaN, which must not leak).
+    """
+    if rewards.shape[-1] < 2:
+        return torch.zeros_like(rewards)
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True, unbiased=True)
+    return (rewards - mean) / (std + eps)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Reference: linear warm-up to `peak` over `warmup` steps, linear to `mid` at `mid_step`,
+    then linear to `final` at the last step."""
+
+    peak: float = 1e-5
+    warmup: int = 100
+    mid: float = 2e-6
+    mid_step: int = 300
+    final: float = 2e-7
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup <= self.mid_step:
+            raise ValueError(f"need 0 <= warmup <= mid_step, got {self.warmup}, {self.mid_step}")
+
+
+def learning_rate(step: int, total_steps: int, s: LRSchedule = LRSchedule()) -> float:
+    """The learning rate for optimizer step `step` (0-based) of `total_steps`."""
+    if step < s.warmup:
+        return s.peak * (step + 1) / s.warmup
+    if step < s.mid_step:
+        return s.peak + (s.mid - s.peak) * (step - s.warmup) / max(1, s.mid_step - s.warmup)
+    last = max(total_steps - 1, s.mid_step + 1)
+    return s.mid + (s.final - s.mid) * min(1.0, (step - s.mid_step) / (last - s.mid_step))
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon: float = 0.2):
+    """Per-token PPO objective to MINIMISE: -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A).
+
+    `advantages` is per image, broadcast over its tokens. Returns (loss per token,
+    whether each token was clipped).
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == logp.dim() - 1 else advantages
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - epsilon, 1 + epsilon) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+@dataclass(frozen=True)
+class LossParts:
+    loss: torch.Tensor  # scalar: mean over tokens of an image, then over images
+    kl: torch.Tensor  # scalar, same averaging
+    clip_fraction: torch.Tensor  # share of tokens whose ratio was clipped
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    epsilon: float = 0.2,
+    beta: float = 0.04,
+    mask: torch.Tensor | None = None,
+) -> LossParts:
+    """Pair-GRPO's loss for images x tokens log-probs; `mask` (same shape) marks real tokens."""
+    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, epsilon)
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    per_token = per_token + beta * kl
+    if mask is None:
+        mask = torch.ones_like(logp, dtype=torch.bool)
+    m = mask.to(logp.dtype)
+    per_image = lambda x: (x * m).sum(-1) / m.sum(-1).clamp(min=1)  # noqa: E731
+    return LossParts(
+        loss=per_image(per_token).mean(),
+        kl=per_image(kl).mean().detach(),
+        clip_fraction=(was_clipped & mask).to(logp.dtype).sum().detach() / m.sum().clamp(min=1),
+    )

@@ -1,0 +1,74 @@
+"""Pair-GRPO's formulas against hand-computed numbers (focusdiff/train/objective.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from focusdiff.train.objective import (
+    Curriculum, LRSchedule, clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate, policy_loss,
+)
+
+
+def test_injection_curriculum_reference_points():
+    assert injection_probability(0) == 1.0 and injection_probability(50) == 1.0
+    assert injection_probability(100) == pytest.approx(0.25 + 0.75 * 350 / 400)  # 0.90625
+    assert injection_probability(450) == pytest.approx(0.25)
+    assert injection_probability(600) == pytest.approx(0.20)  # 0.25 - 0.25 * 150 / 750
+    assert injection_probability(1200) == pytest.approx(0.0) and injection_probability(5000) == 0.0
+    assert injection_probability(10, Curriculum(s1=0, s2=10, s3=20, prob=0.5)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="0 <= s1 < s2 < s3"):
+        Curriculum(s1=100, s2=50)
+
+
+def test_group_advantages_by_hand():
+    a = group_advantages(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    std = math.sqrt(5 / 3)  # unbiased: squared deviations 2.25 + 0.25 + 0.25 + 2.25 over 3
+    assert a[0].tolist() == pytest.approx([-1.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.5 / (std + 1e-4), 1.5 / (std + 1e-4)])
+    # The expanded group: prompt 1's two images scored 1, prompt 2's scored 0, normalised together.
+    pair = group_advantages(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert pair.tolist() == pytest.approx([0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2 + [-0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2)
+    assert group_advantages(torch.tensor([0.7, 0.7, 0.7])).tolist() == [0.0, 0.0, 0.0]  # no spread, no signal
+    assert group_advantages(torch.tensor([0.7])).tolist() == [0.0]  # not NaN
+
+
+def test_reference_learning_rate_schedule():
+    assert learning_rate(0, 1000) == pytest.approx(1e-7)
+    assert learning_rate(99, 1000) == pytest.approx(1e-5)
+    assert learning_rate(200, 1000) == pytest.approx(6e-6)  # halfway from 1e-5 to 2e-6
+    assert learning_rate(300, 1000) == pytest.approx(2e-6)
+    assert learning_rate(999, 1000) == pytest.approx(2e-7)
+    assert learning_rate(649, 1000) == pytest.approx(2e-6 + (2e-7 - 2e-6) * 349 / 699)
+    with pytest.raises(ValueError, match="warmup <= mid_step"):
+        LRSchedule(warmup=400, mid_step=300)
+
+
+def test_k3_kl_by_hand():
+    kl = k3_kl(torch.log(torch.tensor([0.5, 0.3])), torch.log(torch.tensor([0.25, 0.3])))
+    assert kl.tolist() == pytest.approx([0.5 + math.log(2) - 1, 0.0])  # exp(d) - d - 1 with d = ln 0.5
+
+
+def test_clipped_surrogate_by_hand():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 1.0, 0.5]))
+    loss, clipped = clipped_surrogate(logp, old, torch.tensor([1.0, -1.0, 2.0, -1.0]), epsilon=0.2)
+    # ratio 1.5, A=+1: min(1.5, 1.2) = 1.2 (clipped); A=-1: min(-1.5, -1.2) = -1.5 (not clipped);
+    # ratio 1: -A; ratio 0.5, A=-1: min(-0.5, -0.8) = -0.8 (clipped).
+    assert loss.tolist() == pytest.approx([-1.2, 1.5, -2.0, 0.8])
+    assert clipped.tolist() == [True, False, False, True]
+
+
+def test_policy_loss_means_over_tokens_then_images():
+    logp = torch.zeros(2, 3)
+    adv = torch.tensor([1.0, -2.0])
+    parts = policy_loss(logp, logp, logp, adv, beta=0.04)
+    assert parts.loss.item() == pytest.approx((-1.0 + 2.0) / 2) and parts.kl.item() == 0.0
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    ref = torch.log(torch.full((2, 3), 0.5))
+    parts = policy_loss(logp, logp, ref, adv, beta=0.5, mask=mask)
+    k3 = 0.5 + math.log(2) - 1  # per token, ref = ln 0.5 vs logp = 0
+    assert parts.kl.item() == pytest.approx(k3)
+    assert parts.loss.item() == pytest.approx(((-1.0 + 0.5 * k3) + (2.0 + 0.5 * k3)) / 2)
+    assert parts.clip_fraction.item() == 0.0  # ratio 1: one update per batch never clips
