@@ -50,3 +50,14 @@ def test_shipped_vq_keeps_what_its_record_says():
     measured = clause_accuracy("shipped_vq", pairs, lambda batch: reconstruct(vq, batch)).accuracy
     assert abs(measured - record["reconstruction_clause_accuracy"]) < 0.005
     assert measured >= cfg.min_accuracy
+
+
+def test_shipped_stages_are_up_to_date_for_dvc():
+    """A change to code a shipped stage depends on would make `dvc repro` (and the pipeline,
+    and CI) silently retrain it for an hour: the lock must match the code as committed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "status", "bootstrap_vq"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "changed" not in out and "up to date" in out, out
