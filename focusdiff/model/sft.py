@@ -5,6 +5,9 @@ endless stream of train-distribution scenes (held-out color/shape combinations n
 appear). A share of rows is trained with the caption replaced by pad tokens — the
 exact unconditional row the sampler uses — so classifier-free guidance works.
 Quality is measured by sampling and the exact checker (focusdiff/model/quality.py).
+A long CPU run is resumable: the loop checkpoints its whole state every
+`checkpoint_every` steps, and a rerun with the same trajectory parameters continues
+from the last checkpoint with the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
