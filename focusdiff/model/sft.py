@@ -31,6 +31,7 @@ from focusdiff.model.configs import LMTrainConfig
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.quality import QualityReport, policy_quality
+from focusdiff.model.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.shapes_model import build_config, build_tokenizer
@@ -116,8 +117,7 @@ def save_checkpoint(directory: Path, step: int, fingerprint: str, model, opt, st
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         save_file({"generator": gen.get_state()}, tmp / "rng.safetensors")
-        files = {name: hashlib.sha256((tmp / name).read_bytes()).hexdigest() for name in _CHECKPOINT_FILES}
-        atomic_write_json(tmp / "state.json", {"step": step, "fingerprint": fingerprint, "files": files,
+        atomic_write_json(tmp / "state.json", {"step": step, "fingerprint": fingerprint, "files": file_hashes(tmp),
                                                "stream_rng": stream.sampler.rng.bit_generator.state})
 
 
