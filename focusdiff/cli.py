@@ -37,18 +37,23 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="parameter file"
 
 
 def _params(path: Path, overrides: list[str] | None = None):
+    from focusdiff.config import load_params
+
+    return load_params(path, overrides=_overrides(overrides))
+
+
+def _overrides(items: list[str] | None) -> dict:
     import yaml
 
-    from focusdiff.config import load_params
     from focusdiff.errors import ConfigError
 
     parsed = {}
-    for item in overrides or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         parsed[key.strip()] = yaml.safe_load(value)
-    return load_params(path, overrides=parsed)
+    return parsed
 
 
 @data_app.command("build")
@@ -242,6 +247,30 @@ def generate(
         generate_images(loaded, texts, out, images_per_prompt=n, seed=seed, sampling=sampling,
                         batch_size=batch_size, on_batch=lambda k: progress.advance(task, k))
     console.print(f"wrote {len(texts) * n} images and {out / 'grid.png'}")
+
+
+@app.command("train")
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a recipe (recipes/*.yaml) instead of params.yaml's train block")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+) -> None:
+    """Pair-GRPO (or vanilla GRPO) training; resumes from its last checkpoint. Also runs under
+    `accelerate launch` / torchrun for DDP and DeepSpeed (configs in infra/accelerate/)."""
+    from focusdiff.config import TrackingConfig, load_recipe
+
+    if config is not None:
+        cfg = load_recipe(config, _overrides(set_))
+        tracking = _params(params).tracking if params.is_file() else TrackingConfig()
+    else:
+        loaded = _params(params, [f"train.{s}" for s in set_ or []])
+        cfg, tracking = loaded.train, loaded.tracking
+    from focusdiff.train.stage import run_train_stage
+
+    result = run_train_stage(cfg, tracking, command="focusdiff train")
+    if result.out is not None:
+        console.print(f"{cfg.algorithm}: {result.steps} steps (resumed from {result.resumed_from}); wrote {result.out}")
+        console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
 @app.command("convert")

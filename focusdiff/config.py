@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from focusdiff.errors import ConfigError
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
+from focusdiff.train.configs import GRPOConfig
 from focusdiff.shapes.world import COLORS, SHAPES
 
 
@@ -92,6 +93,7 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     data: DataConfig
     bootstrap: BootstrapConfig
+    train: GRPOConfig = GRPOConfig()
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:
@@ -110,14 +112,28 @@ def _format_error(exc: ValidationError, file: Path) -> str:
 def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
     """Load and validate the parameter file. `overrides` maps dotted keys to values."""
     path = Path(path)
+    raw = read_yaml_mapping(path, "parameter file")
+    apply_overrides(raw, overrides, path)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, path)) from None
+
+
+def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: parameter file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, path: Path) -> None:
+    """Set dotted keys (`train.beta`) in a parsed YAML mapping, in place."""
     for key, value in (overrides or {}).items():
         node = raw
         *parents, leaf = key.split(".")
@@ -126,7 +142,16 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             if not isinstance(node, dict):
                 raise ConfigError(f"{path}: cannot override {key}: {p} is not a section")
         node[leaf] = value
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None):
+    """A training recipe (recipes/*.yaml): the fields of a `train:` block, validated."""
+    from focusdiff.train.configs import GRPOConfig
+
+    path = Path(path)
+    raw = read_yaml_mapping(path, "recipe")
+    apply_overrides(raw, overrides, path)
     try:
-        return Params.model_validate(raw)
+        return GRPOConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, path)) from None

@@ -179,7 +179,12 @@ def token_logprobs(
     """Teacher-forced log p(tokens | prompt) per token, (B, N), with gradients through
     both the conditional and the unconditional pass (as the Pair-GRPO loss needs)."""
     batch = build_prompt_batch(policy.tokenizer, prompts, policy.device)
-    B = len(prompts)
-    scores = image_token_scores(policy, batch, tokens.repeat(2, 1))
+    return logprobs_from_scores(image_token_scores(policy, batch, tokens.repeat(2, 1)), tokens, s, form)
+
+
+def logprobs_from_scores(scores: torch.Tensor, tokens: torch.Tensor, s: SamplingConfig, form: str = "sampling") -> torch.Tensor:
+    """(B, N) log-probs of `tokens` from (2B, N, V) teacher-forced logits (B conditional rows,
+    then their unconditional twins), combined and truncated exactly as the sampler does."""
+    B = tokens.shape[0]
     logits = truncate(guided_logits(scores[:B], scores[B:], s, form), s)
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

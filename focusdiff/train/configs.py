@@ -1,0 +1,117 @@
+"""The Pair-GRPO trainer's configuration (focusdiff/train/trainer.py), with every constant of
+the reference run as a documented field. Torch-free, so params.yaml validates fast.
+
+The same class reads the `train:` block of params.yaml (the embedded default) and the
+recipe files in `recipes/` (Janus-Pro on GPU clusters). Vanilla GRPO is this trainer
+with `expand_pair_groups` and `inject_ground_truth` off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from focusdiff.judge.spec import JudgeSpec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CurriculumConfig(_Section):
+    """p(step) of injecting ground-truth images: 1 up to s1, down to `prob` at s2, to 0 at s3."""
+
+    s1: int = Field(50, ge=0)
+    s2: int = Field(450, ge=1)
+    s3: int = Field(1200, ge=2)
+    prob: float = Field(0.25, ge=0, le=1)
+
+
+class LRConfig(_Section):
+    """`reference`: warm-up to `peak`, linear to `mid` at `mid_step`, linear to `final` at the
+    last step (FocusDiff's run). `cosine`: warm-up, then cosine to `peak * min_ratio`."""
+
+    schedule: Literal["reference", "cosine"] = "reference"
+    peak: float = Field(1e-5, gt=0)
+    warmup: int = Field(100, ge=0)
+    mid: float = Field(2e-6, ge=0)
+    mid_step: int = Field(300, ge=0)
+    final: float = Field(2e-7, ge=0)
+    min_ratio: float = Field(0.1, ge=0, le=1, description="cosine only")
+
+
+class SamplingParams(_Section):
+    """Rollout sampling: CFG weight, temperature, truncation (Janus-Pro/FocusDiff: 5, 1, none)."""
+
+    cfg_weight: float = Field(5.0, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0: off")
+    top_p: float = Field(1.0, gt=0, le=1, description="1: off")
+
+
+class GRPOConfig(_Section):
+    """Pair-GRPO (and vanilla GRPO). Defaults are the reference FocusDiff run's constants
+    (../shared/specs/pair-grpo.md); the embedded default overrides a few in params.yaml."""
+
+    policy: str = Field("shapes-base", description="policy to train: shapes-base, a directory or a hub id")
+    reference: str | None = Field(None, description="frozen KL reference policy (default: the starting policy)")
+    data: Path = Field(Path("data/pairs"), description="canonical paired dataset (train split is used)")
+    judge: JudgeSpec = JudgeSpec()
+
+    # the method
+    expand_pair_groups: bool = Field(True, description="normalise rewards over both prompts' 2G images (Pair-GRPO)")
+    inject_ground_truth: bool = Field(True, description="replace 2 samples per prompt by ground truths on the curriculum")
+    unpaired_prompts: bool = Field(True, description="also train on the unpaired prompts, two at a time")
+    group_size: int = Field(7, ge=2, description="G: images per prompt")
+    items_per_micro_batch: int = Field(1, ge=1, description="pair items per process per micro-batch")
+    grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer update")
+    steps: int = Field(800, ge=1, description="rollout batches (one per optimizer step when updates_per_batch=1)")
+    updates_per_batch: int = Field(1, ge=1, description="policy updates per rollout batch (>1 activates clipping)")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="ratio clip")
+    beta: float = Field(0.04, ge=0, description="weight of the k3 KL to the reference policy")
+    logprob_form: Literal["sampling", "reference"] = Field(
+        "sampling", description="sampling: the distribution rollouts came from; reference: FocusDiff's l_c-((w-1)/w)l_u")
+    sampling: SamplingParams = SamplingParams()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    lr: LRConfig = LRConfig()
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+    on_judge_failure: Literal["fail", "drop"] = Field(
+        "fail", description="fail the step, or drop the items a judge could not score (counted and logged)")
+
+    # running it
+    seed: int = Field(42, ge=0)
+    mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 on GPUs; fp32 on CPU")
+    gradient_checkpointing: bool = False
+    threads: int = Field(0, ge=0, description="torch CPU threads per process (0: torch's default)")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_dir: Path | None = Field(None, description="default: .<out name>.checkpoints beside out")
+    log_every: int = Field(1, ge=1)
+    grid_every: int = Field(50, ge=1, description="steps between MLflow grids of both prompts of a pair")
+    out: Path = Field(Path("models/grpo"), description="the trained policy, a transformers checkpoint directory")
+    metrics_dir: Path = Field(Path("metrics"), description="train.json (DVC metrics) and train_curve.csv (DVC plots)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GRPOConfig":
+        c = self.curriculum
+        if not c.s1 < c.s2 < c.s3:
+            raise ValueError(f"curriculum needs s1 < s2 < s3, got {c.s1}, {c.s2}, {c.s3}")
+        if self.inject_ground_truth and self.group_size < 3:
+            raise ValueError("inject_ground_truth replaces 2 of each prompt's G images: group_size must be >= 3")
+        if self.lr.schedule == "reference" and self.lr.warmup > self.lr.mid_step:
+            raise ValueError(f"lr.warmup ({self.lr.warmup}) must not exceed lr.mid_step ({self.lr.mid_step})")
+        return self
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or self.out.parent / f".{self.out.name}.checkpoints"
+
+    @property
+    def algorithm(self) -> str:
+        if not self.expand_pair_groups and not self.inject_ground_truth:
+            return "grpo"
+        return "pair-grpo" if self.inject_ground_truth else "pair-grpo-no-injection"

@@ -1,0 +1,166 @@
+"""One micro-batch of Pair-GRPO experience: rollouts, ground-truth injection, rewards, advantages.
+
+For each item (two prompts) the policy samples G images per prompt with CFG. With
+probability p(step), decided once per pair, each prompt's group instead gets G-2 samples
+plus two real images: its own ground truth and the other prompt's (a hard negative).
+Real images are VQ-encoded into tokens and enter the loss like samples; every image,
+real or sampled, is decoded from its tokens and scored by the same judge. Advantages
+are normalised over the 2G images of both prompts (the expanded group) for a pair, over
+each prompt's G images otherwise.
+
+All randomness is derived from (run seed, global item index), so a step's experience
+does not depend on which process or micro-batch it lands in, nor on a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from focusdiff.errors import FocusdiffError
+from focusdiff.judge.base import Judge, JudgeFailure
+from focusdiff.model.policy import Policy
+from focusdiff.model.sampler import SamplingConfig, decode_tokens, sample, token_logprobs
+from focusdiff.model.vq import to_pixels
+from focusdiff.train.items import TrainItem, derived_seed
+from focusdiff.train.objective import group_advantages
+
+_INJECT, _SAMPLE = 1, 2  # salts of derived seeds
+
+
+@dataclass
+class ItemExperience:
+    """One item's images (prompt 1's group, then prompt 2's) and what the loss needs."""
+
+    item: TrainItem
+    index: int  # global item index in the run
+    injected: bool
+    prompts: list[str]  # per image
+    tokens: torch.Tensor  # (n, N)
+    sampler_logp: torch.Tensor  # (n, N) log-probs from the sampler (teacher-forced for real images)
+    is_real: torch.Tensor  # (n,) bool: injected ground truth
+    images: np.ndarray | None = None  # (n, H, W, 3) decoded from the tokens
+    rewards: torch.Tensor | None = None  # (n,)
+    advantages: torch.Tensor | None = None  # (n,)
+    ref_logp: torch.Tensor | None = None  # (n, N)
+    dropped: str | None = None  # why the judge could not score it
+    extra: dict = field(default_factory=dict)
+
+
+class RolloutError(FocusdiffError):
+    """A rollout could not be built (e.g. an unreadable ground-truth image)."""
+
+
+def load_ground_truth(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise RolloutError(f"{path}: cannot read ground-truth image ({exc})") from None
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+@torch.no_grad()
+def encode_images(policy: Policy, images: np.ndarray) -> torch.Tensor:
+    vq = policy.model.model.vqmodel
+    pixels = to_pixels(images).to(policy.device, dtype=next(vq.parameters()).dtype)
+    return vq.encode(pixels).image_tokens.view(len(images), -1)
+
+
+def injects(item: TrainItem, index: int, seed: int, probability: float, enabled: bool) -> bool:
+    """The once-per-pair coin flip of ground-truth injection."""
+    if not (enabled and item.has_ground_truth) or probability <= 0:
+        return False
+    return bool(np.random.default_rng(derived_seed(seed, index, _INJECT)).random() < probability)
+
+
+@torch.no_grad()
+def collect(
+    policy: Policy,
+    items: list[tuple[int, TrainItem]],
+    group_size: int,
+    seed: int,
+    injection_probability: float,
+    inject: bool,
+    sampling: SamplingConfig,
+) -> list[ItemExperience]:
+    """Sample (and inject) every item's images in one batched sampler call."""
+    plans = []
+    prompts, seeds = [], []
+    for index, item in items:
+        injected = injects(item, index, seed, injection_probability, inject)
+        n_sampled = group_size - 2 if injected else group_size
+        plans.append((index, item, injected, n_sampled))
+        for p, prompt in enumerate(item.prompts):
+            prompts += [prompt] * n_sampled
+            seeds += [derived_seed(seed, index, _SAMPLE, p, g) for g in range(n_sampled)]
+    rollout = sample(policy, prompts, seeds, sampling, decode=False) if prompts else None
+    out, row = [], 0
+    for index, item, injected, n_sampled in plans:
+        if injected:
+            truth = np.stack([load_ground_truth(path, policy.image_size) for path in item.images])
+            real_tokens = encode_images(policy, truth)
+            real_prompts = [item.prompts[0], item.prompts[0], item.prompts[1], item.prompts[1]]
+            real = torch.stack([real_tokens[0], real_tokens[1], real_tokens[1], real_tokens[0]])  # own, then the other's
+            real_logp = token_logprobs(policy, real_prompts, real, sampling)
+        tokens, logps, reals, image_prompts = [], [], [], []
+        for p, prompt in enumerate(item.prompts):
+            tokens.append(rollout.tokens[row : row + n_sampled])
+            logps.append(rollout.logprobs[row : row + n_sampled])
+            reals += [False] * n_sampled
+            image_prompts += [prompt] * n_sampled
+            row += n_sampled
+            if injected:
+                tokens.append(real[2 * p : 2 * p + 2])
+                logps.append(real_logp[2 * p : 2 * p + 2])
+                reals += [True, True]
+                image_prompts += [prompt, prompt]
+        out.append(ItemExperience(
+            item=item, index=index, injected=injected, prompts=image_prompts, tokens=torch.cat(tokens),
+            sampler_logp=torch.cat(logps), is_real=torch.tensor(reals),
+        ))
+    all_tokens = torch.cat([e.tokens for e in out])
+    images = decode_tokens(policy, all_tokens)
+    start = 0
+    for e in out:
+        e.images = images[start : start + len(e.tokens)]
+        start += len(e.tokens)
+    return out
+
+
+def reward(experiences: list[ItemExperience], judge: Judge, on_failure: str) -> int:
+    """Score every image with the judge. A failure either fails the step (JudgeFailure,
+    with the items and reasons) or, with on_failure="drop", drops each item that has an
+    unscored image; returns how many were dropped. No image is ever given a made-up score."""
+    images = [im for e in experiences for im in e.images]
+    prompts = [p for e in experiences for p in e.prompts]
+    try:
+        verdicts = judge.judge(images, prompts)
+    except JudgeFailure as exc:
+        if on_failure != "drop":
+            raise
+        verdicts = exc.verdicts
+    dropped, start = 0, 0
+    for e in experiences:
+        mine = verdicts[start : start + len(e.prompts)]
+        start += len(e.prompts)
+        if any(v is None for v in mine):
+            e.dropped = f"judge could not score {sum(v is None for v in mine)} of {len(mine)} images"
+            dropped += 1
+            continue
+        e.rewards = torch.tensor([v.score for v in mine], dtype=torch.float32)
+    return dropped
+
+
+def advantages(e: ItemExperience, expand_pair_groups: bool) -> torch.Tensor:
+    """Expanded group (both prompts' 2G images) for a pair under Pair-GRPO; per prompt otherwise."""
+    if e.item.paired and expand_pair_groups:
+        return group_advantages(e.rewards)
+    half = len(e.rewards) // 2
+    return torch.cat([group_advantages(e.rewards[:half]), group_advantages(e.rewards[half:])])

@@ -1,0 +1,362 @@
+"""The Pair-GRPO trainer (vanilla GRPO with its pairing options off), through accelerate.
+
+One step:
+  1. rollouts: for each micro-batch, every item's two prompts get G images each (with
+     ground-truth injection on the curriculum), sampled with CFG (rollout.py);
+  2. rewards: the judge scores every image; a failure fails the step or drops the item;
+  3. advantages over the expanded group (both prompts) for pairs;
+  4. reference log-probs (frozen policy, for the k3 KL) and, with more than one update per
+     batch, the rollout policy's log-probs;
+  5. `updates_per_batch` optimizer updates, each accumulating the micro-batches' clipped
+     surrogate + beta * KL, with gradient clipping and the configured LR schedule.
+
+The policy's teacher-forced forward is wrapped as a module (`ImageTokenScorer`) so DDP and
+DeepSpeed see the parameters they synchronise. Runs on one process, DDP (torchrun or
+`accelerate launch`, gloo on CPU) or DeepSpeed from infra/ configs. The model stays in
+eval mode: rollouts and the loss must use the same distribution, so no dropout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from PIL import Image
+
+from focusdiff.data.schema import load_dataset
+from focusdiff.io import atomic_directory, atomic_write_json
+from focusdiff.judge.base import Judge
+from focusdiff.model.loading import load_policy
+from focusdiff.model.policy import Policy
+from focusdiff.model.prompting import PromptBatch, build_prompt_batch
+from focusdiff.model.records import file_hashes
+from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
+from focusdiff.model.schedule import warmup_cosine
+from focusdiff.model.scoring import image_token_scores
+from focusdiff.train import checkpoint
+from focusdiff.train.configs import GRPOConfig
+from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
+from focusdiff.train.objective import Curriculum, LRSchedule, injection_probability, learning_rate, policy_loss
+from focusdiff.train.rollout import ItemExperience, advantages, collect, reward
+from focusdiff.viz import labeled_grid
+
+# Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
+# for their gradients (the understanding encoder, its aligner, the text head, the VQ).
+_FROZEN_PREFIXES = ("model.vision_model", "model.aligner", "model.vqmodel", "lm_head")
+# Config fields that do not change the trajectory: a checkpoint survives changes to them.
+_NOT_TRAJECTORY = {"threads", "checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "grid_every", "out",
+                   "metrics_dir"}
+
+
+class ImageTokenScorer(torch.nn.Module):
+    """The policy's teacher-forced image-token logits as a module, for DDP/DeepSpeed."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.model = policy.model
+        self._policy = policy
+
+    def forward(self, input_ids, attention_mask, position_ids, tokens):
+        return image_token_scores(self._policy, PromptBatch(input_ids, attention_mask, position_ids), tokens)
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(_FROZEN_PREFIXES))
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def step_learning_rate(cfg: GRPOConfig, step: int) -> float:
+    lr = cfg.lr
+    if lr.schedule == "cosine":
+        return warmup_cosine(step, lr.peak, lr.warmup, cfg.steps, lr.min_ratio)
+    return learning_rate(step, cfg.steps, LRSchedule(lr.peak, lr.warmup, lr.mid, lr.mid_step, lr.final))
+
+
+def run_fingerprint(cfg: GRPOConfig, policy_files: dict[str, str], data_manifest: bytes) -> str:
+    what = {"config": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY), "policy": policy_files,
+            "data": hashlib.sha256(data_manifest).hexdigest()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class TrainResult:
+    out: Path | None  # the trained policy (main process only)
+    steps: int
+    resumed_from: int
+    history: list[dict[str, float]]  # per-step metrics (main process), including steps before a resume
+    mlflow_run_id: str | None = None
+
+
+Logger = Callable[[dict[str, float], int], None]
+GridLogger = Callable[[Image.Image, int], None]
+
+
+def train(
+    cfg: GRPOConfig,
+    judge: Judge,
+    log: Logger = lambda metrics, step: None,
+    log_grid: GridLogger = lambda image, step: None,
+    progress: bool = True,
+    record: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `cfg.policy` with Pair-GRPO; resumes from `cfg.checkpoints` when it holds this
+    run's checkpoint. Returns when `cfg.out` holds the trained policy (written atomically)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.grad_accum)
+    device = accelerator.device
+    policy = load_policy(cfg.policy, device=device)
+    policy.model.eval()
+    if cfg.gradient_checkpointing:
+        policy.model.gradient_checkpointing_enable()
+    reference = None
+    if cfg.beta > 0:
+        reference = load_policy(cfg.reference or cfg.policy, device=device,
+                                dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32)
+        reference.model.eval().requires_grad_(False)
+    trainable = trainable_parameters(policy.model)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    scorer, optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
+
+    dataset = load_dataset(cfg.data)
+    items = train_items(dataset, cfg.unpaired_prompts)
+    order = ItemOrder(len(items), cfg.seed)
+    source_dir = Path(policy.model.name_or_path) if policy.model.name_or_path else None
+    policy_files = file_hashes(source_dir) if source_dir and source_dir.is_dir() else {"source": cfg.policy}
+    fingerprint = run_fingerprint(cfg, policy_files, (cfg.data / "manifest.json").read_bytes())
+    sampling = SamplingConfig(**cfg.sampling.model_dump())
+    curriculum = Curriculum(cfg.curriculum.s1, cfg.curriculum.s2, cfg.curriculum.s3, cfg.curriculum.prob)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    start, totals = 0, {"injected_items": 0, "dropped_items": 0, "images": 0}
+    history: list[dict[str, float]] = []
+    found = checkpoint.latest(cfg.checkpoints, fingerprint)
+    if found:
+        path, state = found
+        checkpoint.load(path, state, accelerator, accelerator.unwrap_model(scorer).model,
+                        trainable, optimizer)
+        start, totals, history = state["step"], {**totals, **state["totals"]}, state.get("history", [])
+        if accelerator.is_main_process:
+            print(f"resuming from {path} (step {start})")
+    elif accelerator.is_main_process and checkpoint.step_dirs(cfg.checkpoints):
+        print(f"{cfg.checkpoints} holds checkpoints of a run with other parameters: starting fresh and replacing them")
+        shutil.rmtree(cfg.checkpoints)
+
+    bar = _progress(progress and accelerator.is_main_process, start, cfg.steps)
+    for step in range(start, cfg.steps):
+        t_step = time.perf_counter()
+        timing = defaultdict(float)
+        p_inject = injection_probability(step, curriculum) if cfg.inject_ground_truth else 0.0
+        micro_batches: list[list[ItemExperience]] = []
+        dropped = 0
+        for micro in range(cfg.grad_accum):
+            slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
+                     for j in range(cfg.items_per_micro_batch)]
+            t = time.perf_counter()
+            batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.group_size, cfg.seed, p_inject,
+                            cfg.inject_ground_truth, sampling)
+            timing["rollout"] += time.perf_counter() - t
+            t = time.perf_counter()
+            dropped += reward(batch, judge, cfg.on_judge_failure)
+            timing["judge"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for e in batch:
+                if e.dropped is None:
+                    e.advantages = advantages(e, cfg.expand_pair_groups)
+                with torch.no_grad():
+                    if reference is not None:
+                        e.ref_logp = token_logprobs(reference, e.prompts, e.tokens, sampling, cfg.logprob_form).float()
+                    if cfg.updates_per_batch > 1:
+                        e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
+            timing["logprobs"] += time.perf_counter() - t
+            micro_batches.append(batch)
+
+        stats = defaultdict(float)
+        for update in range(cfg.updates_per_batch):
+            lr = step_learning_rate(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for batch in micro_batches:
+                t = time.perf_counter()
+                with accelerator.accumulate(scorer):
+                    parts, gap = _micro_batch_loss(scorer, policy, batch, cfg, sampling, first=update == 0)
+                    accelerator.backward(parts.loss)
+                    if accelerator.sync_gradients:
+                        stats["grad_norm"] += float(accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                timing["backward"] += time.perf_counter() - t
+                stats["kl"] += float(parts.kl)
+                stats["clip_fraction"] += float(parts.clip_fraction)
+                if gap is not None:
+                    stats["logprob_gap"] += gap
+        metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step)
+        metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
+        totals["injected_items"] += int(metrics["train/injected_items"])
+        totals["dropped_items"] += int(metrics["train/dropped_items"])
+        totals["images"] += int(metrics["train/images"])
+        metrics.update({f"train/total_{k}": float(v) for k, v in totals.items()})
+        if accelerator.is_main_process:
+            history.append({"step": step, **metrics})
+            if step % cfg.log_every == 0 or step + 1 == cfg.steps:
+                log(metrics, step)
+            if step % cfg.grid_every == 0 or step + 1 == cfg.steps:
+                log_grid(pair_grid(micro_batches[0]), step)
+            bar(step, metrics)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            model_state = {n: p for n, p in accelerator.unwrap_model(scorer).model.named_parameters() if n in trainable}
+            checkpoint.save(cfg.checkpoints, step + 1, accelerator, model_state, optimizer,
+                            {"fingerprint": fingerprint, "totals": totals, "history": history}, cfg.keep_checkpoints)
+
+    out = None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out = save_policy(policy, cfg, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
+                                        "resumed_from": start, "totals": totals, "fingerprint": fingerprint,
+                                        "base_policy": cfg.policy, "base_policy_files": policy_files})
+        shutil.rmtree(cfg.checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(out=out, steps=cfg.steps, resumed_from=start, history=history)
+
+
+def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: GRPOConfig, sampling: SamplingConfig,
+                      first: bool):
+    """The clipped surrogate + beta * KL over the micro-batch's scored images. A micro-batch
+    whose items were all dropped still runs forward and backward (weight 0), so every
+    process takes part in the gradient all-reduce."""
+    kept = [e for e in batch if e.dropped is None]
+    use = kept or batch
+    prompts = [p for e in use for p in e.prompts]
+    tokens = torch.cat([e.tokens for e in use])
+    rows = build_prompt_batch(policy.tokenizer, prompts, policy.device)
+    scores = scorer(rows.input_ids, rows.attention_mask, rows.position_ids, tokens.repeat(2, 1))
+    logp = logprobs_from_scores(scores.float(), tokens, sampling, cfg.logprob_form)
+    if cfg.updates_per_batch > 1:
+        old = torch.cat([e.extra["old_logp"] for e in use])
+    else:
+        old = logp.detach()  # one update per batch: ratio 1, as in the reference
+    ref = torch.cat([e.ref_logp for e in use]) if cfg.beta > 0 else None
+    adv = torch.cat([e.advantages for e in kept]) if kept else torch.zeros(len(tokens))
+    parts = policy_loss(logp, old, ref, adv.to(logp.device), cfg.epsilon, cfg.beta)
+    if not kept:
+        parts = type(parts)(loss=parts.loss * 0.0, kl=parts.kl, clip_fraction=parts.clip_fraction)
+    gap = None
+    if first:
+        sampled = ~torch.cat([e.is_real for e in use]).to(logp.device)
+        if sampled.any():  # sampler vs teacher-forced log-probs: ~0 when sampling-consistent
+            sampler = torch.cat([e.sampler_logp for e in use]).to(logp.device)
+            gap = float((sampler[sampled] - logp.detach()[sampled]).abs().mean())
+    return parts, gap
+
+
+def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, timing, wall: float) -> dict[str, float]:
+    """Per-step metrics, summed over processes: rewards of sampled images (overall and per
+    category), of injected ground truths, KL, clipping, counts, time split, throughput."""
+    sums: dict[str, float] = defaultdict(float)
+    for batch in micro_batches:
+        for e in batch:
+            sums["items"] += 1
+            sums["injected_items"] += e.injected
+            if e.dropped is not None:
+                continue
+            sampled = e.rewards[~e.is_real]
+            sums["reward_sum"] += float(sampled.sum())
+            sums["reward_sq"] += float((sampled**2).sum())
+            sums["reward_n"] += len(sampled)
+            sums[f"cat_sum.{e.item.category}"] += float(sampled.sum())
+            sums[f"cat_n.{e.item.category}"] += len(sampled)
+            if e.injected:
+                sums["real_sum"] += float(e.rewards[e.is_real].sum())
+                sums["real_n"] += int(e.is_real.sum())
+    sums["dropped"] = dropped
+    sums["images"] = sum(len(e.tokens) for b in micro_batches for e in b)
+    sums["sampled_images"] = sum(int((~e.is_real).sum()) for b in micro_batches for e in b)
+    per_update = cfg.updates_per_batch * cfg.grad_accum
+    for k in ("kl", "clip_fraction", "logprob_gap"):
+        sums[k] = stats.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
+    sums["grad_norm"] = stats.get("grad_norm", 0.0) / cfg.updates_per_batch
+    sums.update({f"time_{k}": v for k, v in timing.items()})
+    sums["wall"] = wall
+    if accelerator.num_processes > 1:  # processes may have seen different categories
+        keys = sorted({k for ks in gather_object([sorted(sums)]) for k in ks})
+        values = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=accelerator.device)
+        sums = defaultdict(float, zip(keys, accelerator.reduce(values, reduction="sum").tolist()))
+    keys = sorted(sums)
+    world = accelerator.num_processes
+    n = max(sums["reward_n"], 1)
+    mean = sums["reward_sum"] / n
+    metrics = {
+        "train/reward_mean": mean,
+        "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
+        "train/kl": sums["kl"] / world,
+        "train/clip_fraction": sums["clip_fraction"] / world,
+        "train/logprob_gap": sums["logprob_gap"] / world,
+        "train/grad_norm": sums["grad_norm"] / world,
+        "train/items": sums["items"],
+        "train/injected_items": sums["injected_items"],
+        "train/dropped_items": sums["dropped"],
+        "train/images": sums["images"],
+        "train/images_per_s": sums["sampled_images"] / max(sums["wall"] / world, 1e-9),
+    }
+    if sums.get("real_n"):
+        metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
+    for key in keys:
+        if key.startswith("cat_sum."):
+            cat = key.removeprefix("cat_sum.")
+            metrics[f"train/reward_mean.{cat}"] = sums[key] / max(sums[f"cat_n.{cat}"], 1)
+        if key.startswith("time_"):
+            metrics[f"time/{key.removeprefix('time_')}_s"] = sums[key] / world
+    return metrics
+
+
+def pair_grid(batch: list[ItemExperience]) -> Image.Image:
+    """Both prompts of each item side by side: one row per prompt, each image's reward in the label."""
+    rows = []
+    for e in batch:
+        half = len(e.prompts) // 2
+        for p in range(2):
+            idx = range(p * half, (p + 1) * half)
+            rewards = "dropped" if e.rewards is None else " ".join(
+                f"{float(e.rewards[i]):.2f}{'*' if e.is_real[i] else ''}" for i in idx)
+            rows.append(([e.images[i] for i in idx], f"[{e.item.category}] {e.prompts[idx[0]]}\nrewards: {rewards}"
+                         + ("\n(* injected ground truth)" if e.injected else "")))
+    return labeled_grid(rows)
+
+
+def save_policy(policy: Policy, cfg: GRPOConfig, record: dict[str, Any]) -> Path:
+    with atomic_directory(cfg.out) as tmp:
+        policy.model.save_pretrained(tmp, safe_serialization=True)
+        policy.tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "record.json", {**record, "config": cfg.model_dump(mode="json"), "files": file_hashes(tmp)})
+    return cfg.out
+
+
+def _progress(enabled: bool, start: int, total: int) -> Callable[[int, dict[str, float]], None]:
+    if not enabled:
+        return lambda step, metrics: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[info]}"), transient=False)
+    task = bar.add_task("train", total=total, completed=start, info="")
+    bar.start()
+
+    def update(step: int, metrics: dict[str, float]) -> None:
+        bar.update(task, completed=step + 1, info=f"reward {metrics['train/reward_mean']:.3f} kl {metrics['train/kl']:.4f}")
+        if step + 1 == total:
+            bar.stop()
+
+    return update

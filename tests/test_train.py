@@ -1,0 +1,321 @@
+"""The Pair-GRPO trainer: items and their order, group building with ground-truth injection,
+judge failures, the loop on one and two processes, checkpoints and resume.
+
+The policy is a tiny random-initialised Janus and the judge is the exact checker (a real
+backend); the formulas themselves are checked in test_objective.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import JanusForConditionalGeneration
+
+from focusdiff.config import ShapesDataConfig, load_recipe
+from focusdiff.data.schema import load_dataset
+from focusdiff.errors import ConfigError
+from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
+from focusdiff.judge.exact import ExactJudge
+from focusdiff.model.configs import VQTrainConfig
+from focusdiff.model.loading import load_policy
+from focusdiff.model.sampler import SamplingConfig
+from focusdiff.model.sft import CheckpointError
+from focusdiff.model.shapes_model import build_config, build_tokenizer
+from focusdiff.model.vq import vq_config
+from focusdiff.shapes.build import build_shapes_dataset
+from focusdiff.train.configs import GRPOConfig
+from focusdiff.train.items import ItemOrder, global_item_index, train_items
+from focusdiff.train.rollout import advantages, collect, encode_images, load_ground_truth, reward
+from focusdiff.train.trainer import train
+
+from tests.project import VENV_BIN
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A small ShapesWorld dataset and a tiny random Janus policy saved in transformers format."""
+    root = tmp_path_factory.mktemp("grpo")
+    build_shapes_dataset(ShapesDataConfig(pairs_per_category={"train": 3, "val": 1, "test": 1},
+                                          prompts={"train": 3, "val": 1, "test": 1}), root / "data")
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2))
+    model.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    return root
+
+
+def _config(world: Path, run: Path, **over) -> dict:
+    cfg = {
+        "policy": str(world / "policy"), "data": str(world / "data"), "judge": {"backend": "exact"},
+        "group_size": 4, "grad_accum": 2, "steps": 2, "checkpoint_every": 100, "threads": 1,
+        "lr": {"peak": 1e-3, "warmup": 1, "mid_step": 2}, "curriculum": {"s1": 1, "s2": 2, "s3": 4},
+        "out": str(run / "out"), "metrics_dir": str(run / "metrics"),
+    }
+    cfg.update(over)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def test_every_pair_and_every_unpaired_prompt_is_used(world):
+    ds = load_dataset(world / "data")
+    items = train_items(ds)
+    train_pairs = [p for p in ds.pairs if p.split == "train"]
+    train_prompts = [p for p in ds.prompts if p.split == "train"]
+    paired = [i for i in items if i.paired]
+    assert [i.id for i in paired] == [p.id for p in train_pairs]  # all of them, not the first half
+    unpaired = [i for i in items if not i.paired]
+    assert len(unpaired) == 2  # 3 prompts, two at a time: the odd one is paired with the first
+    assert {p for i in unpaired for p in i.prompts} == {p.prompt for p in train_prompts}
+    assert not any(i.has_ground_truth for i in unpaired) and all(i.has_ground_truth for i in paired)
+    assert len(train_items(ds, unpaired=False)) == len(train_pairs)
+
+
+def test_item_order_is_a_permutation_per_epoch_and_processes_tile_the_same_sequence():
+    order = ItemOrder(5, seed=3)
+    assert sorted(order(k) for k in range(5)) == list(range(5))
+    assert sorted(order(k) for k in range(5, 10)) == list(range(5))
+    assert [order(k) for k in range(10)] == [ItemOrder(5, seed=3)(k) for k in range(10)]
+    # 2 processes x 1 micro-batch cover the slots of 1 process x 2 micro-batches
+    two = sorted(global_item_index(s, 0, r, 0, grad_accum=1, world=2, per_micro=1) for s in range(3) for r in range(2))
+    one = sorted(global_item_index(s, m, 0, 0, grad_accum=2, world=1, per_micro=1) for s in range(3) for m in range(2))
+    assert two == one == list(range(6))
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+@pytest.fixture(scope="module")
+def policy(world):
+    return load_policy(world / "policy")
+
+
+def test_injected_group_holds_samples_then_own_and_other_ground_truth(world, policy):
+    items = [i for i in train_items(load_dataset(world / "data")) if i.paired][:2]
+    G = 4
+    batch = collect(policy, list(enumerate(items)), G, seed=0, injection_probability=1.0, inject=True,
+                    sampling=SamplingConfig())
+    for e in batch:
+        assert e.injected and len(e.tokens) == 2 * G and e.prompts == [e.item.prompts[0]] * G + [e.item.prompts[1]] * G
+        truth = encode_images(policy, np.stack([load_ground_truth(p, policy.image_size) for p in e.item.images]))
+        assert e.is_real.tolist() == [False, False, True, True] * 2
+        # prompt 1's group: its own ground truth, then prompt 2's; prompt 2's group: the reverse
+        assert torch.equal(e.tokens[2], truth[0]) and torch.equal(e.tokens[3], truth[1])
+        assert torch.equal(e.tokens[6], truth[1]) and torch.equal(e.tokens[7], truth[0])
+        assert e.images.shape == (2 * G, policy.image_size, policy.image_size, 3)
+    never = collect(policy, list(enumerate(items)), G, seed=0, injection_probability=0.0, inject=True,
+                    sampling=SamplingConfig())
+    assert not any(e.injected or e.is_real.any() for e in never)
+    # the same item index draws the same samples whatever else shares the batch
+    alone = collect(policy, [(1, items[1])], G, seed=0, injection_probability=0.0, inject=True, sampling=SamplingConfig())
+    assert torch.equal(alone[0].tokens, never[1].tokens)
+
+
+def test_injection_rate_follows_the_probability(world, policy):
+    from focusdiff.train.rollout import injects
+
+    item = next(i for i in train_items(load_dataset(world / "data")) if i.paired)
+    rate = np.mean([injects(item, k, seed=1, probability=0.3, enabled=True) for k in range(2000)])
+    assert abs(rate - 0.3) < 0.03
+    assert not any(injects(item, k, 1, 0.3, enabled=False) for k in range(50))
+
+
+def test_expanded_group_normalises_over_both_prompts(world, policy):
+    item = next(i for i in train_items(load_dataset(world / "data")) if i.paired)
+    [e] = collect(policy, [(0, item)], 2, seed=0, injection_probability=0.0, inject=False, sampling=SamplingConfig())
+    e.rewards = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    # one group of 4: mean 0.5, unbiased std sqrt(1/3)
+    expected = float(0.5 / (np.sqrt(1 / 3) + 1e-4))
+    assert torch.allclose(advantages(e, expand_pair_groups=True), torch.tensor([expected, expected, -expected, -expected]))
+    # per prompt (vanilla GRPO): each half has no spread, so no advantage
+    assert torch.equal(advantages(e, expand_pair_groups=False), torch.zeros(4))
+
+
+class _RefusingJudge(Judge):
+    """A judge that cannot answer about prompts with the word 'triangle' (as a server that errors would)."""
+
+    name = "refusing"
+
+    async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
+        if "triangle" in prompt:
+            raise ConnectionError("judge unavailable")
+        return await ExactJudge()._judge_one(image, prompt)
+
+
+def test_judge_failure_fails_the_step_or_drops_the_item_never_a_score(world, policy):
+    items = train_items(load_dataset(world / "data"))
+    bad = [i for i in items if any("triangle" in p for p in i.prompts)][:1]
+    good = [i for i in items if not any("triangle" in p for p in i.prompts)][:1]
+    assert bad and good
+    batch = collect(policy, list(enumerate(bad + good)), 2, 0, 0.0, False, SamplingConfig())
+    with pytest.raises(JudgeFailure, match="refusing.*judge unavailable"):
+        reward(batch, _RefusingJudge(), on_failure="fail")
+    assert all(e.rewards is None for e in batch)
+    assert reward(batch, _RefusingJudge(), on_failure="drop") == 1
+    assert batch[0].rewards is None and "could not score" in batch[0].dropped
+    assert batch[1].dropped is None and batch[1].rewards is not None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=3, grid_every=1, updates_per_batch=2, beta=0.1))
+    logged, grids = [], []
+    result = train(cfg, ExactJudge(), log=lambda m, s: logged.append((s, m)), log_grid=lambda im, s: grids.append(s),
+                   progress=False)
+    assert result.out == cfg.out and [s for s, _ in logged] == [0, 1, 2] and grids == [0, 1, 2]
+    first = logged[0][1]
+    for key in ("train/reward_mean", "train/reward_std", "train/kl", "train/clip_fraction", "train/lr", "train/grad_norm",
+                "train/injection_probability", "train/injected_items", "train/dropped_items", "train/images_per_s",
+                "time/rollout_s", "time/judge_s", "time/logprobs_s", "time/backward_s"):
+        assert key in first, key
+    assert first["train/injection_probability"] == 1.0 and first["train/injected_items"] == 2  # every pair injected
+    assert any(k.startswith("train/reward_mean.") for k in first)  # per category
+    assert first["train/logprob_gap"] < 1e-4  # the sampler's log-probs are the loss's distribution
+    record = json.loads((cfg.out / "record.json").read_text())
+    assert record["algorithm"] == "pair-grpo" and record["totals"]["images"] == 3 * 2 * 2 * 4
+    before, after = load_file(world / "policy" / "model.safetensors"), load_file(cfg.out / "model.safetensors")
+    assert max((before[k] - after[k]).abs().max().item() for k in before) > 0
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vqmodel"))  # the VQ is frozen
+    assert not cfg.checkpoints.exists()  # removed once the output is written
+
+
+def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, expand_pair_groups=False, inject_ground_truth=False))
+    logged = []
+    train(cfg, ExactJudge(), log=lambda m, s: logged.append(m), progress=False)
+    assert cfg.algorithm == "grpo" and logged[0]["train/injected_items"] == 0
+
+
+def test_bad_recipe_names_the_key(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"group_size": 1, "judge": {"backend": "openai"}}))
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "recipe.yaml: group_size: Input should be greater than or equal to 2" in str(err.value)
+    assert "judge: the openai judge backend needs base_url and model" in str(err.value)
+    with pytest.raises(ConfigError, match="recipe.yaml: recipe not found"):
+        load_recipe(tmp_path / "missing" / "recipe.yaml")
+
+
+# ----------------------------------------------------------------------------- processes, checkpoints
+
+
+def _cli(*args: str) -> list[str]:
+    return [str(VENV_BIN / "focusdiff"), *args]
+
+
+def _write(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FOCUSDIFF_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return env
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_path):
+    """DDP over 2 gloo processes (1 micro-batch each) = 1 process accumulating 2 micro-batches."""
+    one = _write(tmp_path / "one.yaml", _config(world, tmp_path / "one", grad_accum=2))
+    two = _write(tmp_path / "two.yaml", _config(world, tmp_path / "two", grad_accum=1))
+    env = _env(tmp_path)
+    from focusdiff.train.stage import write_metrics
+
+    write_metrics(load_recipe(one), train(load_recipe(one), ExactJudge(), progress=False))  # in-process: no start-up
+    launch = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+              str(29500 + os.getpid() % 1000), str(VENV_BIN / "focusdiff"), "train", "-c", str(two), "-p",
+              str(tmp_path / "none.yaml")]
+    proc = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _weights(tmp_path / "one" / "out"), _weights(tmp_path / "two" / "out")
+    start = _weights(world / "policy")
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-5  # it trained
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    curve_one = (tmp_path / "one" / "metrics" / "train_curve.csv").read_text().splitlines()
+    curve_two = (tmp_path / "two" / "metrics" / "train_curve.csv").read_text().splitlines()
+    numbers = lambda rows: [float(x) for r in rows[1:] for x in r.split(",")[:-1]]  # noqa: E731 (all but images/s)
+    assert numbers(curve_one) == pytest.approx(numbers(curve_two), abs=1e-6)
+    assert proc.stdout.count("MLflow run:") == 1  # only the main process tracks
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(world, tmp_path):
+    steps = {"steps": 6, "checkpoint_every": 2, "beta": 0.1}
+    whole = _write(tmp_path / "whole.yaml", _config(world, tmp_path / "whole", **steps))
+    killed = _write(tmp_path / "killed.yaml", _config(world, tmp_path / "killed", **steps))
+    env, none = _env(tmp_path), str(tmp_path / "none.yaml")
+    train(load_recipe(whole), ExactJudge(), progress=False)
+    ckpts = tmp_path / "killed" / ".out.checkpoints"
+    proc = subprocess.Popen(_cli("train", "-c", str(killed), "-p", none), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (ckpts / "step-00000002").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "out").exists()
+    done = subprocess.run(_cli("train", "-c", str(killed), "-p", none), cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from" in done.stdout
+    record = json.loads((tmp_path / "killed" / "out" / "record.json").read_text())
+    assert record["resumed_from"] >= 2
+    a, b = _weights(tmp_path / "whole" / "out"), _weights(tmp_path / "killed" / "out")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    curve = (tmp_path / "killed" / "metrics" / "train_curve.csv").read_text().splitlines()
+    assert len(curve) == 1 + 6  # the steps before the kill are in the curve too
+
+
+class _JudgeFailingAfter(ExactJudge):
+    name = "failing-after"
+
+    def __init__(self, answers: int):
+        super().__init__(max_concurrency=1)
+        self.left = answers
+
+    async def _judge_one(self, image, prompt):
+        self.left -= 1
+        if self.left < 0:
+            raise ConnectionError("judge went away")
+        return await super()._judge_one(image, prompt)
+
+
+def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=3, checkpoint_every=2))
+    from focusdiff.train import checkpoint
+
+    # a judge that stops answering during step 3 (after the step-2 checkpoint): the run fails there
+    per_step = 2 * 1 * 2 * 4  # micro-batches x items x prompts x G
+    with pytest.raises(JudgeFailure, match="judge went away"):
+        train(cfg, _JudgeFailingAfter(2 * per_step), progress=False)
+    [(step, path)] = checkpoint.step_dirs(cfg.checkpoints)
+    assert step == 2
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 differs .*corrupt"):
+        train(cfg, ExactJudge(), progress=False)
+    (path / "state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"state\.json: missing \(partial checkpoint\)"):
+        train(cfg, ExactJudge(), progress=False)
