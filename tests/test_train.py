@@ -319,3 +319,27 @@ def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
     (path / "state.json").unlink()
     with pytest.raises(CheckpointError, match=r"state\.json: missing \(partial checkpoint\)"):
         train(cfg, ExactJudge(), progress=False)
+
+
+# ----------------------------------------------------------------------------- recipes and launch configs
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_validate(recipe):
+    cfg = load_recipe(recipe)
+    assert cfg.algorithm == "pair-grpo" and cfg.mixed_precision == "bf16"
+    assert cfg.judge.backend == "openai" and "api_key" not in recipe.read_text().replace("api_key_env", "")
+
+
+def test_launch_configs_point_at_existing_deepspeed_files():
+    for path in sorted((REPO / "infra" / "accelerate").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["distributed_type"] in {"DEEPSPEED", "MULTI_GPU", "MULTI_CPU"}, path
+        if cfg["distributed_type"] == "DEEPSPEED":
+            ds = json.loads((REPO / cfg["deepspeed_config"]["deepspeed_config_file"]).read_text())
+            assert ds["zero_optimization"]["stage"] == (3 if "zero3" in path.name else 2)
+            # no dataloader is prepared, so the micro-batch (in items) must be given
+            assert ds["train_micro_batch_size_per_gpu"] == 1

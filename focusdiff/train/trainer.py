@@ -18,6 +18,7 @@ eval mode: rollouts and the loss must use the same distribution, so no dropout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -69,6 +70,30 @@ class ImageTokenScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, tokens):
         return image_token_scores(self._policy, PromptBatch(input_ids, attention_mask, position_ids), tokens)
+
+
+@contextlib.contextmanager
+def full_parameters(accelerator: Accelerator, model: torch.nn.Module):
+    """ZeRO-3 partitions parameters across processes, and rollouts run outside the engine's
+    forward: gather them for the duration (as TRL does for generation). A no-op otherwise."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        yield
+
+
+def _model_state(accelerator: Accelerator, scorer) -> dict[str, torch.Tensor]:
+    """The policy's full state dict (gathered under ZeRO-3), keys as in the Janus model."""
+    state = accelerator.get_state_dict(scorer)
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+def trainable_state(accelerator: Accelerator, scorer, trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in _model_state(accelerator, scorer).items() if k in trainable}
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -166,8 +191,9 @@ def train(
             slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
                      for j in range(cfg.items_per_micro_batch)]
             t = time.perf_counter()
-            batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.group_size, cfg.seed, p_inject,
-                            cfg.inject_ground_truth, sampling)
+            with full_parameters(accelerator, policy.model):
+                batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.group_size, cfg.seed, p_inject,
+                                cfg.inject_ground_truth, sampling)
             timing["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
             dropped += reward(batch, judge, cfg.on_judge_failure)
@@ -180,7 +206,8 @@ def train(
                     if reference is not None:
                         e.ref_logp = token_logprobs(reference, e.prompts, e.tokens, sampling, cfg.logprob_form).float()
                     if cfg.updates_per_batch > 1:
-                        e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
+                        with full_parameters(accelerator, policy.model):
+                            e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
             timing["logprobs"] += time.perf_counter() - t
             micro_batches.append(batch)
 
@@ -194,10 +221,14 @@ def train(
                 with accelerator.accumulate(scorer):
                     parts, gap = _micro_batch_loss(scorer, policy, batch, cfg, sampling, first=update == 0)
                     accelerator.backward(parts.loss)
+                    norm = None
                     if accelerator.sync_gradients:
-                        stats["grad_norm"] += float(accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm))
+                        norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if accelerator.sync_gradients:
+                        # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None here
+                        stats["grad_norm"] += float(norm if norm is not None else scorer.get_global_grad_norm())
                 timing["backward"] += time.perf_counter() - t
                 stats["kl"] += float(parts.kl)
                 stats["clip_fraction"] += float(parts.clip_fraction)
@@ -217,14 +248,14 @@ def train(
                 log_grid(pair_grid(micro_batches[0]), step)
             bar(step, metrics)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            model_state = {n: p for n, p in accelerator.unwrap_model(scorer).model.named_parameters() if n in trainable}
-            checkpoint.save(cfg.checkpoints, step + 1, accelerator, model_state, optimizer,
+            checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable), optimizer,
                             {"fingerprint": fingerprint, "totals": totals, "history": history}, cfg.keep_checkpoints)
 
     out = None
     accelerator.wait_for_everyone()
+    full_state = _model_state(accelerator, scorer)  # collective under ZeRO-3
     if accelerator.is_main_process:
-        out = save_policy(policy, cfg, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
+        out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
                                         "resumed_from": start, "totals": totals, "fingerprint": fingerprint,
                                         "base_policy": cfg.policy, "base_policy_files": policy_files})
         shutil.rmtree(cfg.checkpoints, ignore_errors=True)
@@ -336,9 +367,9 @@ def pair_grid(batch: list[ItemExperience]) -> Image.Image:
     return labeled_grid(rows)
 
 
-def save_policy(policy: Policy, cfg: GRPOConfig, record: dict[str, Any]) -> Path:
+def save_policy(policy: Policy, cfg: GRPOConfig, state_dict: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:
     with atomic_directory(cfg.out) as tmp:
-        policy.model.save_pretrained(tmp, safe_serialization=True)
+        policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         policy.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "record.json", {**record, "config": cfg.model_dump(mode="json"), "files": file_hashes(tmp)})
     return cfg.out
