@@ -273,6 +273,37 @@ def train(
         console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@app.command("evaluate")
+def evaluate(
+    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp (repeat for several)")],
+    policy: Annotated[Optional[str], typer.Option(help="override evaluate.policy: a directory, hub id or shapes-base")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of evaluate.*")] = None,
+) -> None:
+    """Generate, score and aggregate benchmarks for a policy; writes metrics/eval/<benchmark>.json."""
+    from rich.progress import Progress
+
+    overrides = [f"evaluate.{s}" for s in set_ or []] + ([f"evaluate.policy={policy}"] if policy else [])
+    loaded = _params(params, overrides)
+    from focusdiff.eval.stage import run_benchmark
+
+    for name in benchmark:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"{name}: generating", total=None)
+            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=lambda n: bar.advance(task, n))
+        table = Table(title=f"{name}: {loaded.evaluate.policy}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_column("95% interval", justify="right")
+        for key, value in result.metrics.items():
+            ci = result.intervals.get(key)
+            table.add_row(key, f"{value:.1f}", f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+        console.print(table)
+        for d in result.deviations:
+            console.print(f"deviation: {d}")
+        console.print(f"wrote {result.metrics_file}; report {result.folder / 'report.html'}; MLflow run {result.mlflow_run_id}")
+
+
 @app.command("convert")
 def convert(
     src: Annotated[Path, typer.Argument(help="DeepSeek-format Janus checkpoint directory (e.g. Janus-Pro-7B, Janus-FocusDiff-7B)")],

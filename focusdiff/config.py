@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from focusdiff.errors import ConfigError
+from focusdiff.eval.configs import EvalConfig
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
-from focusdiff.train.configs import GRPOConfig
 from focusdiff.shapes.world import COLORS, SHAPES
+from focusdiff.train.configs import GRPOConfig
 
 
 class Section(BaseModel):
@@ -94,6 +95,7 @@ class Params(Section):
     data: DataConfig
     bootstrap: BootstrapConfig
     train: GRPOConfig = GRPOConfig()
+    evaluate: EvalConfig = EvalConfig()
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:
@@ -146,8 +148,6 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, path:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None):
     """A training recipe (recipes/*.yaml): the fields of a `train:` block, validated."""
-    from focusdiff.train.configs import GRPOConfig
-
     path = Path(path)
     raw = read_yaml_mapping(path, "recipe")
     apply_overrides(raw, overrides, path)

@@ -212,7 +212,9 @@ def conversion_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return base / "focusdiff" / "converted"
 
 
-def _fingerprint(src: Path) -> str:
+def checkpoint_fingerprint(src: Path) -> str:
+    """A cheap identity of a checkpoint directory: its config and tokenizer files' bytes, its
+    weight files' names, sizes and modification times (hashing 15 GB of weights is not cheap)."""
     digest = hashlib.sha256(f"focusdiff-convert-v{CONVERTER_VERSION}\n".encode())
     for name in (CONFIG_FILE, *_FINGERPRINTED_FILES, *WEIGHT_INDEXES):
         path = src / name
@@ -227,7 +229,7 @@ def _fingerprint(src: Path) -> str:
 
 def _converted(src: Path, cache_dir: str | Path | None) -> Path:
     """The transformers-format conversion of `src`, made on first use."""
-    target = conversion_cache_dir(cache_dir) / f"{src.resolve().name}-{_fingerprint(src)}"
+    target = conversion_cache_dir(cache_dir) / f"{src.resolve().name}-{checkpoint_fingerprint(src)}"
     if not (target / CONFIG_FILE).is_file():
         convert_checkpoint(src, target)
         # lineage: which directory this entry was converted from

@@ -1,0 +1,40 @@
+"""Evaluation configuration (the `evaluate:` block of params.yaml). Torch-free.
+
+Each benchmark names its suite (`shapes`: ShapesWorld's suite in the official schema;
+`official`: the published prompt files, downloaded at pinned commits) and its scorer.
+The PairComp evaluator is configured here, apart from the training run's reward judge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from focusdiff.judge.spec import JudgeSpec
+from focusdiff.train.configs import SamplingParams
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PairCompConfig(_Section):
+    suite: Literal["shapes", "official"] = "shapes"
+    split: Literal["val", "test"] = Field("test", description="shapes suite: which held-out pairs")
+    evaluator: JudgeSpec = Field(JudgeSpec(backend="exact"), description="the judge whose s_g gates promotion")
+
+
+class EvalConfig(_Section):
+    policy: str = Field("models/grpo", description="the policy to evaluate: a directory, a hub id or shapes-base")
+    data: Path = Field(Path("data/pairs"), description="dataset the ShapesWorld suites are drawn from")
+    out: Path = Field(Path("outputs/eval"), description="images and per-image scores, one folder per benchmark")
+    metrics_dir: Path = Field(Path("metrics/eval"), description="<benchmark>.json headline numbers (DVC metrics)")
+    benchmark_dir: Path | None = Field(None, description="offline copies of the official prompt files")
+    seed: int = Field(0, ge=0, description="image k of a benchmark is drawn with seed + k")
+    sampling: SamplingParams = SamplingParams()
+    batch_size: int = Field(32, ge=1)
+    bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals (0: none)")
+    report_pairs: int = Field(12, ge=0, description="worst pairs shown in the HTML report")
+    paircomp: PairCompConfig = PairCompConfig()

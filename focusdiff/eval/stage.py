@@ -1,0 +1,196 @@
+"""The evaluate stages: generate a benchmark's images, score them, aggregate, report, track.
+
+`focusdiff evaluate --benchmark paircomp`, the `evaluate_paircomp` DVC stage and the
+Prefect pipeline's evaluation tasks all call `run_benchmark`. Outputs per benchmark:
+
+    <out>/<benchmark>/images/          the official layout (official tools can re-score it)
+    <out>/<benchmark>/generation.json  which policy, seed and sampling drew the images
+    <out>/<benchmark>/scores.jsonl     one row per image: file, prompt, category, score
+    <out>/<benchmark>/report.html      the worst items side by side with their scores
+    <metrics_dir>/<benchmark>.json     headline numbers, 95% intervals, deviations (DVC metrics)
+
+Images are reused only when generation.json matches the policy (a cheap checkpoint
+fingerprint), seed and sampling; otherwise they are drawn again. Any image without a
+score (missing file, judge failure) fails the evaluation: no partial summary is written.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from focusdiff.config import TrackingConfig
+from focusdiff.eval import paircomp
+from focusdiff.eval.configs import EvalConfig
+from focusdiff.eval.errors import IncompleteEvaluation
+from focusdiff.eval.generation import ImageJob, generate_jobs, valid_image
+from focusdiff.eval.official import official_file
+from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
+from focusdiff.judge.base import Judge, JudgeFailure
+from focusdiff.judge.select import build_judge
+
+BENCHMARKS = ("paircomp",)
+JUDGE_CHUNK = 256  # images held in memory per judge call
+
+
+@dataclass
+class EvalResult:
+    benchmark: str
+    metrics: dict[str, float]
+    intervals: dict[str, list[float]]
+    deviations: list[str]
+    folder: Path
+    metrics_file: Path
+    seconds: dict[str, float]
+    per_item: list[dict[str, Any]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+
+def generation_identity(cfg: EvalConfig, policy) -> dict[str, Any]:
+    from focusdiff.model.loading import checkpoint_fingerprint
+
+    directory = Path(policy.model.name_or_path or "")
+    return {"policy": policy.source, "seed": cfg.seed, "sampling": cfg.sampling.model_dump(mode="json"),
+            "checkpoint": checkpoint_fingerprint(directory) if directory.is_dir() else policy.source}
+
+
+def prepare_images(folder: Path, identity: dict[str, Any]) -> Path:
+    """The image folder, emptied first when its images were drawn by something else."""
+    images, record = folder / "images", folder / "generation.json"
+    if record.is_file():
+        try:
+            same = json.loads(record.read_text("utf-8")) == identity
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            same = False
+        if not same:
+            shutil.rmtree(images, ignore_errors=True)
+    elif images.exists():
+        shutil.rmtree(images)  # images of unknown origin
+    images.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, identity)
+    return images
+
+
+def judge_files(judge: Judge, folder: Path, jobs: list[ImageJob], benchmark: str) -> list[float]:
+    """Scores in job order; a missing image or a judge failure is an IncompleteEvaluation."""
+    missing = [j.file for j in jobs if not valid_image(folder / j.file)]
+    if missing:
+        raise IncompleteEvaluation(benchmark, f"{len(missing)} of {len(jobs)} images missing or unreadable in {folder} "
+                                              f"(first: {', '.join(missing[:5])})")
+    scores: list[float] = []
+    for start in range(0, len(jobs), JUDGE_CHUNK):
+        chunk = jobs[start : start + JUDGE_CHUNK]
+        images = [np.asarray(Image.open(folder / j.file).convert("RGB")) for j in chunk]
+        try:
+            scores += [v.score for v in judge.judge(images, [j.prompt for j in chunk])]
+        except JudgeFailure as exc:
+            raise IncompleteEvaluation(benchmark, f"the judge could not score {len(exc.failures)} images: {exc}") from exc
+    return scores
+
+
+def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> EvalResult:
+    c = cfg.paircomp
+    folder = cfg.out / "paircomp"
+    folder.mkdir(parents=True, exist_ok=True)
+    deviations = []
+    if c.suite == "shapes":
+        suite_file = folder / "PairComp.json"
+        atomic_write_json(suite_file, paircomp.shapes_suite(cfg.data, c.split))
+        deviations.append(f"suite: ShapesWorld's {c.split} pairs ({cfg.data}) in the PairComp schema, not the official 550")
+    else:
+        suite_file = official_file("paircomp", "PairComp.json", cfg.benchmark_dir)
+    pairs = paircomp.load_pairs(suite_file)
+    if c.evaluator.backend != "openai" or "InternVL2_5-26B" not in (c.evaluator.model or ""):
+        deviations.append(f"evaluator: {c.evaluator.backend}"
+                          f"{' ' + c.evaluator.model if c.evaluator.model else ''}, not InternVL2.5-26B")
+    if c.evaluator.backend in ("openai", "hf"):
+        deviations.append("question ends with a period; the official script's question has none")
+    jobs = paircomp.jobs(pairs)
+    t0 = time.perf_counter()
+    images = prepare_images(folder, generation_identity(cfg, policy))
+    from focusdiff.model.sampler import SamplingConfig
+
+    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    t1 = time.perf_counter()
+    raw = judge_files(build_judge(c.evaluator), images, jobs, "paircomp")
+    per_image = {j.file: paircomp.official_score(s) for j, s in zip(jobs, raw)}
+    t2 = time.perf_counter()
+    matrix = paircomp.score_matrix(pairs, per_image)
+    summary = paircomp.aggregate(pairs, matrix, cfg.bootstrap, cfg.seed)
+    by_pair = {p.index: p for p in pairs}
+    rows = [{"file": j.file, "pair": int(j.file.split("_")[0]), "caption": int(j.file.split("_")[1]),
+             "category": by_pair[int(j.file.split("_")[0])].category, "prompt": j.prompt, "score": per_image[j.file]}
+            for j in jobs]
+    atomic_write_text(folder / "scores.jsonl", jsonl_text(rows))
+    atomic_write_json(folder / "score.json", paircomp.official_score_json(pairs, per_image))
+    a, g = paircomp.pair_means(matrix)
+    per_pair = [{"pair": p.index, "category": p.category, "caption1": p.caption1, "caption2": p.caption2,
+                 "a": float(a[k]), "g": float(g[k]), "scores": [float(x) for x in matrix[k]]} for k, p in enumerate(pairs)]
+    atomic_write_text(folder / "pairs.jsonl", jsonl_text(per_pair))
+    atomic_write_text(folder / "report.html", paircomp_report(pairs, matrix, summary, deviations, cfg.report_pairs))
+    return EvalResult("paircomp", summary["metrics"], summary["intervals"], deviations, folder,
+                      cfg.metrics_dir / "paircomp.json", {"generate_s": t1 - t0, "score_s": t2 - t1}, per_pair)
+
+
+RUNNERS = {"paircomp": run_paircomp}
+
+
+def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
+                  progress: Callable[[int], None] = lambda n: None) -> EvalResult:
+    """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`."""
+    from focusdiff.errors import ConfigError
+    from focusdiff.model.loading import load_policy
+    from focusdiff.tracking import StageRun
+
+    if benchmark not in RUNNERS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    logged = {"evaluate": cfg.model_dump(mode="json"), "benchmark": benchmark}
+    with StageRun(tracking, f"evaluate_{benchmark}", params=logged,
+                  tags={"benchmark": benchmark, "policy": cfg.policy, **(tags or {})}) as run:
+        policy = load_policy(cfg.policy)
+        result = RUNNERS[benchmark](cfg, policy, progress)
+        payload = {"benchmark": benchmark, "policy": cfg.policy, "metrics": result.metrics,
+                   "intervals": result.intervals, "deviations": result.deviations, "seconds": result.seconds,
+                   "mlflow_run_id": run.run_id}
+        cfg.metrics_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(result.metrics_file, payload)
+        run.log_metrics(result.metrics)
+        run.log_metrics({f"{k}.ci95_low": v[0] for k, v in result.intervals.items()}
+                        | {f"{k}.ci95_high": v[1] for k, v in result.intervals.items()}
+                        | {f"{benchmark}.{k}": v for k, v in result.seconds.items()})
+        run.set_tags({"deviations": " | ".join(result.deviations)[:5000]})
+        for name in ("scores.jsonl", "pairs.jsonl", "report.html"):
+            if (result.folder / name).is_file():
+                run.log_artifact(result.folder / name, f"evaluate/{benchmark}")
+        run.log_artifact(result.metrics_file, f"evaluate/{benchmark}")
+        result.mlflow_run_id = run.run_id
+        return result
+
+
+def paircomp_report(pairs, matrix: np.ndarray, summary: dict[str, Any], deviations: list[str], worst: int) -> str:
+    """A self-contained HTML page: headline numbers, then the worst pairs' 4 images with scores."""
+    m, ci = summary["metrics"], summary["intervals"]
+    head = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td><td>{'' if k not in ci else f'[{ci[k][0]:.1f}, {ci[k][1]:.1f}]'}</td></tr>"
+        for k, v in m.items())
+    rows = []
+    for pair, g, scores in paircomp.worst_pairs(pairs, matrix, worst):
+        cells = "".join(
+            f"<td><img src='images/{paircomp.image_file(pair.index, c, i)}' width=128 style='image-rendering:pixelated'>"
+            f"<br>{scores[2 * c + i]:.3f}</td>" for c in range(2) for i in range(2))
+        rows.append(f"<tr><td>#{pair.index} {html.escape(pair.category)}<br>g={g:.3f}<br>1: {html.escape(pair.caption1)}"
+                    f"<br>2: {html.escape(pair.caption2)}</td>{cells}</tr>")
+    devs = "".join(f"<li>{html.escape(d)}</li>" for d in deviations)
+    return (f"<!doctype html><meta charset=utf-8><title>PairComp</title><h1>PairComp</h1>"
+            f"<table border=1><tr><th>metric (x100)</th><th>value</th><th>95% interval</th></tr>{head}</table>"
+            f"<h2>Deviations from the official protocol</h2><ul>{devs or '<li>none</li>'}</ul>"
+            f"<h2>Worst pairs (lowest geometric mean)</h2><table border=1>{''.join(rows)}</table>")
