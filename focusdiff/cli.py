@@ -275,7 +275,7 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp (repeat for several)")],
+    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval (repeat for several)")],
     policy: Annotated[Optional[str], typer.Option(help="override evaluate.policy: a directory, hub id or shapes-base")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of evaluate.*")] = None,
@@ -297,11 +297,11 @@ def evaluate(
         table.add_column("95% interval", justify="right")
         for key, value in result.metrics.items():
             ci = result.intervals.get(key)
-            table.add_row(key, f"{value:.1f}", f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+            table.add_row(key, f"{value:.4g}", f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
         console.print(table)
         for d in result.deviations:
             console.print(f"deviation: {d}")
-        console.print(f"wrote {result.metrics_file}; report {result.folder / 'report.html'}; MLflow run {result.mlflow_run_id}")
+        console.print(f"wrote {result.metrics_file} and {result.folder}; MLflow run {result.mlflow_run_id}")
 
 
 @app.command("convert")

@@ -27,6 +27,7 @@ from focusdiff.judge.base import JudgeFailure, question
 from focusdiff.judge.hf_judge import HFJudge
 from focusdiff.judge.openai_judge import parse_verdict, request_body
 from focusdiff.judge.server import create_app, make_backend
+from tests.tiny_models import bpe_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,18 +45,7 @@ PLAIN_CORPUS = ["a red circle", "two blue squares", "the letter A"]
 
 
 def _tokenizer(corpus: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus * 10, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return bpe_tokenizer(corpus, SPECIAL, eos="<|im_end|>", pad="<|endoftext|>")
 
 
 def _save_processor(tokenizer, out: Path, chat_template: str | None = TEMPLATE) -> None:

@@ -26,6 +26,14 @@ class PairCompConfig(_Section):
     evaluator: JudgeSpec = Field(JudgeSpec(backend="exact"), description="the judge whose s_g gates promotion")
 
 
+class GenEvalConfig(_Section):
+    suite: Literal["shapes", "official"] = "shapes"
+    prompts_per_task: int = Field(12, ge=1, description="shapes suite: prompts per GenEval task")
+    detector: Literal["shapes", "mask2former"] = Field("shapes", description="shapes: the exact checker's parse")
+    detector_model: str = "facebook/mask2former-swin-small-coco-instance"
+    color_model: str = "openai/clip-vit-large-patch14"
+
+
 class EvalConfig(_Section):
     policy: str = Field("models/grpo", description="the policy to evaluate: a directory, a hub id or shapes-base")
     data: Path = Field(Path("data/pairs"), description="dataset the ShapesWorld suites are drawn from")
@@ -38,3 +46,4 @@ class EvalConfig(_Section):
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals (0: none)")
     report_pairs: int = Field(12, ge=0, description="worst pairs shown in the HTML report")
     paircomp: PairCompConfig = PairCompConfig()
+    geneval: GenEvalConfig = GenEvalConfig()

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from focusdiff.config import TrackingConfig
-from focusdiff.eval import paircomp
+from focusdiff.eval import geneval, paircomp
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob, generate_jobs, valid_image
@@ -38,7 +38,7 @@ from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.judge.select import build_judge
 
-BENCHMARKS = ("paircomp",)
+BENCHMARKS = ("paircomp", "geneval")
 JUDGE_CHUNK = 256  # images held in memory per judge call
 
 
@@ -141,7 +141,79 @@ def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> Ev
                       cfg.metrics_dir / "paircomp.json", {"generate_s": t1 - t0, "score_s": t2 - t1}, per_pair)
 
 
-RUNNERS = {"paircomp": run_paircomp}
+def run_geneval(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> EvalResult:
+    c = cfg.geneval
+    folder = cfg.out / "geneval"
+    folder.mkdir(parents=True, exist_ok=True)
+    deviations = []
+    if c.suite == "shapes":
+        meta_file = folder / "evaluation_metadata.jsonl"
+        atomic_write_text(meta_file, jsonl_text(geneval.shapes_suite(cfg.seed, c.prompts_per_task)))
+        deviations.append(f"suite: ShapesWorld prompts in GenEval's schema ({c.prompts_per_task} per task), not the official 553")
+        class_names = None
+    else:
+        meta_file = official_file("geneval", "evaluation_metadata.jsonl", cfg.benchmark_dir)
+        names = official_file("geneval", "object_names.txt", cfg.benchmark_dir)
+        class_names = [line.strip() for line in names.read_text("utf-8").splitlines() if line.strip()]
+    prompts = geneval.load_metadata(meta_file)
+    if c.detector == "shapes":
+        detector, colors = geneval.ShapesDetector(), geneval.KnownColors()
+        deviations.append("detector and colours: the exact checker's parse of ShapesWorld pixels, not Mask2Former + CLIP")
+    else:
+        from focusdiff.eval.detectors import ClipColorClassifier, Mask2FormerDetector
+
+        if class_names is None:
+            from focusdiff.shapes.world import SHAPES
+
+            class_names = list(SHAPES)
+        detector, colors = Mask2FormerDetector(c.detector_model, class_names), ClipColorClassifier(c.color_model)
+        deviations.append("detector: transformers' Mask2Former (trained differently from the official mmdet checkpoint)")
+    jobs = geneval.jobs(prompts)
+    t0 = time.perf_counter()
+    images = prepare_images(folder, generation_identity(cfg, policy))
+    for p in prompts:  # GenEval's layout: each prompt folder holds its metadata
+        atomic_write_text(images / f"{p.index:05d}" / "metadata.jsonl", json.dumps(p.metadata()) + "\n")
+    from focusdiff.model.sampler import SamplingConfig
+
+    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    t1 = time.perf_counter()
+    missing = [j.file for j in jobs if not valid_image(images / j.file)]
+    if missing:
+        raise IncompleteEvaluation("geneval", f"{len(missing)} images missing or unreadable (first: {', '.join(missing[:5])})")
+    by_index = {p.index: p for p in prompts}
+    rows, correct = [], {}
+    for j in jobs:
+        p = by_index[int(j.file[:5])]
+        image = np.asarray(Image.open(images / j.file).convert("RGB"))
+        classes = sorted({r["class"] for r in (*p.include, *p.exclude)})
+        ok, reason = geneval.evaluate_image(image, p, detector.detect(image, classes), colors)
+        correct[j.file] = ok
+        rows.append({"file": j.file, "tag": p.tag, "prompt": p.prompt, "correct": ok, "reason": reason})
+    t2 = time.perf_counter()
+    metrics = geneval.aggregate(prompts, correct)
+    intervals = bootstrap_tasks(prompts, correct, cfg.bootstrap, cfg.seed) if cfg.bootstrap else {}
+    atomic_write_text(folder / "results.jsonl", jsonl_text(rows))
+    return EvalResult("geneval", metrics, intervals, deviations, folder, cfg.metrics_dir / "geneval.json",
+                      {"generate_s": t1 - t0, "score_s": t2 - t1})
+
+
+def bootstrap_tasks(prompts, correct: dict[str, bool], resamples: int, seed: int) -> dict[str, list[float]]:
+    """95% intervals of GenEval's task scores and overall, resampling prompts within each task."""
+    rng = np.random.default_rng(seed)
+    per_prompt: dict[str, list[float]] = {}
+    for p in prompts:
+        per_prompt.setdefault(p.tag, []).append(
+            float(np.mean([correct[geneval.image_file(p.index, i)] for i in range(geneval.IMAGES_PER_PROMPT)])))
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        tasks = {t: float(np.mean(rng.choice(v, len(v)))) for t, v in per_prompt.items()}
+        for t, v in tasks.items():
+            draws.setdefault(f"geneval.{t}", []).append(v)
+        draws.setdefault("geneval.overall", []).append(float(np.mean(list(tasks.values()))))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+
+
+RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval}
 
 
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
@@ -168,7 +240,7 @@ def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tag
                         | {f"{k}.ci95_high": v[1] for k, v in result.intervals.items()}
                         | {f"{benchmark}.{k}": v for k, v in result.seconds.items()})
         run.set_tags({"deviations": " | ".join(result.deviations)[:5000]})
-        for name in ("scores.jsonl", "pairs.jsonl", "report.html"):
+        for name in ("scores.jsonl", "pairs.jsonl", "results.jsonl", "report.html"):
             if (result.folder / name).is_file():
                 run.log_artifact(result.folder / name, f"evaluate/{benchmark}")
         run.log_artifact(result.metrics_file, f"evaluate/{benchmark}")

@@ -1,0 +1,54 @@
+"""Tiny random-initialised models of real architectures, for testing the loading and scoring
+code that users run with real weights (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def bpe_tokenizer(corpus: list[str], special: list[str], eos: str, pad: str, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained here on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus * 10, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad)
+
+
+def save_tiny_mask2former(out: Path, num_labels: int = 80, image_size: int = 64) -> Path:
+    import torch
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+    torch.manual_seed(0)
+    backbone = SwinConfig(image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                          window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=backbone, num_labels=num_labels, hidden_dim=32, mask_feature_size=32,
+                            feature_size=32, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+                            encoder_feedforward_dim=64, dim_feedforward=64, num_queries=10, common_stride=4)
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(out)
+    Mask2FormerImageProcessorPil(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def save_tiny_clip(out: Path, corpus: list[str]) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    tok = bpe_tokenizer(corpus, ["<|startoftext|>", "<|endoftext|>"], eos="<|endoftext|>", pad="<|endoftext|>")
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=len(tok), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
