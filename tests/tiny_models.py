@@ -52,3 +52,42 @@ def save_tiny_clip(out: Path, corpus: list[str]) -> Path:
     tok.save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
     return out
+
+
+def save_tiny_blip_vqa(out: Path, corpus: list[str]) -> Path:
+    import torch
+    from transformers import BlipConfig, BlipForQuestionAnswering, BlipImageProcessor
+
+    torch.manual_seed(0)
+    tok = bpe_tokenizer(corpus + ["yes", "no"], ["[PAD]", "[DEC]", "[SEP]"], eos="[SEP]", pad="[PAD]")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("[PAD]", "[DEC]", "[SEP]")}
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         encoder_hidden_size=32, max_position_embeddings=64, pad_token_id=ids["[PAD]"],
+                         bos_token_id=ids["[DEC]"], sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    BlipForQuestionAnswering(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def save_tiny_owlv2(out: Path, corpus: list[str]) -> Path:
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    torch.manual_seed(0)
+    tok = bpe_tokenizer(corpus, ["<|startoftext|>", "<|endoftext|>", "!"], eos="<|endoftext|>", pad="!")
+    cfg = Owlv2Config(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=len(tok), max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32)  # OWLv2's class head compares text projections with vision features
+    Owlv2ForObjectDetection(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    Owlv2ImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out

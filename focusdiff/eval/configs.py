@@ -34,6 +34,17 @@ class GenEvalConfig(_Section):
     color_model: str = "openai/clip-vit-large-patch14"
 
 
+class T2ICompBenchConfig(_Section):
+    suite: Literal["shapes", "official"] = "shapes"
+    prompts_per_category: int = Field(10, ge=2, description="shapes suite: prompts per category")
+    categories: tuple[str, ...] = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
+    scorers: Literal["shapes", "transformers"] = Field("shapes", description="shapes: exact checker + grammar")
+    vqa_model: str = "Salesforce/blip-vqa-capfilt-large"
+    detector_model: str = Field("google/owlv2-base-patch16-ensemble", description="stands in for UniDet (not in transformers)")
+    clip_model: str = "openai/clip-vit-base-patch32"
+    spacy_model: str = "en_core_web_sm"
+
+
 class EvalConfig(_Section):
     policy: str = Field("models/grpo", description="the policy to evaluate: a directory, a hub id or shapes-base")
     data: Path = Field(Path("data/pairs"), description="dataset the ShapesWorld suites are drawn from")
@@ -47,3 +58,4 @@ class EvalConfig(_Section):
     report_pairs: int = Field(12, ge=0, description="worst pairs shown in the HTML report")
     paircomp: PairCompConfig = PairCompConfig()
     geneval: GenEvalConfig = GenEvalConfig()
+    t2i_compbench: T2ICompBenchConfig = T2ICompBenchConfig()

@@ -30,6 +30,7 @@ from PIL import Image
 
 from focusdiff.config import TrackingConfig
 from focusdiff.eval import geneval, paircomp
+from focusdiff.eval import t2i_compbench as t2i
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob, generate_jobs, valid_image
@@ -38,7 +39,7 @@ from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.judge.select import build_judge
 
-BENCHMARKS = ("paircomp", "geneval")
+BENCHMARKS = ("paircomp", "geneval", "t2i_compbench")
 JUDGE_CHUNK = 256  # images held in memory per judge call
 
 
@@ -213,7 +214,71 @@ def bootstrap_tasks(prompts, correct: dict[str, bool], resamples: int, seed: int
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
 
 
-RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval}
+def run_t2i_compbench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> EvalResult:
+    c = cfg.t2i_compbench
+    folder = cfg.out / "t2i_compbench"
+    folder.mkdir(parents=True, exist_ok=True)
+    deviations = []
+    if c.suite == "shapes":
+        lists = folder / "dataset"
+        for name, text in t2i.suite_files(t2i.shapes_suite(cfg.seed, c.prompts_per_category)).items():
+            atomic_write_text(lists / name, text)
+        deviations.append(f"suite: ShapesWorld prompts in T2I-CompBench's files ({c.prompts_per_category} per category), "
+                          "not the official 300; shape binds sizes and texture binds the background")
+    else:
+        for name in [f"{x}_val.txt" for x in c.categories] + ["complex_val_spatial.txt", "complex_val_action.txt"]:
+            official_file("t2i_compbench", f"dataset/{name}", cfg.benchmark_dir)
+        lists = official_file("t2i_compbench", "dataset/color_val.txt", cfg.benchmark_dir).parent
+    prompts = [p for cat in c.categories for p in t2i.load_prompts(lists / f"{cat}_val.txt", cat)]
+    spatial_prompts, action_prompts = t2i.read_lists(lists)
+    if c.scorers == "shapes":
+        scorers = t2i.shapes_scorers()
+        deviations.append("scorers: the exact checker (VQA, detection, clause share for CLIPScore) and the ShapesWorld "
+                          "grammar for noun chunks, not BLIP-VQA / UniDet / CLIP / spaCy")
+    else:
+        from focusdiff.eval.t2i_models import transformers_scorers
+
+        scorers = transformers_scorers(c)
+        deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet")
+    jobs = t2i.jobs(prompts)
+    t0 = time.perf_counter()
+    images = prepare_images(folder, generation_identity(cfg, policy))
+    from focusdiff.model.sampler import SamplingConfig
+
+    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    t1 = time.perf_counter()
+    missing = [j.file for j in jobs if not valid_image(images / j.file)]
+    if missing:
+        raise IncompleteEvaluation("t2i_compbench", f"{len(missing)} images missing or unreadable (first: {missing[0]})")
+    scores, rows = {}, []
+    for p in prompts:
+        for k in range(t2i.IMAGES_PER_PROMPT):
+            file = t2i.image_file(p, k)
+            image = np.asarray(Image.open(images / file).convert("RGB"))
+            scores[file] = t2i.score_image(p, image, scorers, spatial_prompts, action_prompts)
+            rows.append({"file": file, "category": p.category, "prompt": p.prompt, "score": scores[file]})
+    t2 = time.perf_counter()
+    metrics = t2i.aggregate(prompts, scores)
+    atomic_write_text(folder / "scores.jsonl", jsonl_text(rows))
+    intervals = bootstrap_means(prompts, scores, cfg.bootstrap, cfg.seed) if cfg.bootstrap else {}
+    return EvalResult("t2i_compbench", metrics, intervals, deviations, folder, cfg.metrics_dir / "t2i_compbench.json",
+                      {"generate_s": t1 - t0, "score_s": t2 - t1})
+
+
+def bootstrap_means(prompts, scores: dict[str, float], resamples: int, seed: int) -> dict[str, list[float]]:
+    """95% intervals of per-category means, resampling prompts (their 10 images stay together)."""
+    rng = np.random.default_rng(seed)
+    per: dict[str, list[float]] = {}
+    for p in prompts:
+        per.setdefault(p.category, []).append(float(np.mean([scores[t2i.image_file(p, k)] for k in range(t2i.IMAGES_PER_PROMPT)])))
+    out = {}
+    for cat, values in per.items():
+        draws = [float(np.mean(rng.choice(values, len(values)))) for _ in range(resamples)]
+        out[f"t2i_compbench.{cat}"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    return out
+
+
+RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench}
 
 
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,

@@ -1,0 +1,320 @@
+"""T2I-CompBench: attribute binding, spatial and non-spatial relations, complex prompts
+(Huang et al.; Karine-Huang/T2I-CompBench).
+
+Protocol (../shared/specs/benchmarks.md): the test split is the `*_val.txt` files, 300
+prompts per category, 10 images per prompt (`<category>/samples/<prompt>_<NNNNNN>.png`).
+  * color / shape / texture (BLIP-VQA): the prompt's noun chunks (minus 'top', 'the side',
+    'the left', 'the right'), at most 8, each asked as "<chunk>?"; per question
+    P = p(yes) / (p(yes) + p(no)); image score = product over the questions;
+  * spatial: objects = first and last noun; with both detected,
+    0.25 * conf1 + 0.25 * conf2 + 0.5 * pos; one detected: 0.25 * conf; none: 0; then 0
+    when below 0.5. pos: left/right (top/bottom on y) needs the right sign of dx and
+    |dx| > |dy|, and is 1 if IoU < 0.1 else 0.1 / IoU; "next to"/"near"/"on side of":
+    1 if |dx| < 150 or |dy| < 150 (pixels at short side 479) else 150 / max(|dx|, |dy|);
+  * non_spatial: CLIPScore, the raw cosine of image and prompt embeddings;
+  * complex (3-in-1): prompts of complex_val_spatial: (BLIP + spatial) / 2; of
+    complex_val_action: (BLIP + CLIP) / 2; otherwise (BLIP + spatial + CLIP) / 3.
+Category score = mean over images. There is no official overall number.
+
+Scorers are backends (`T2IScorers`): BLIP-VQA, OWLv2 (for UniDet, not in transformers)
+and CLIP B/32 with spaCy noun chunks for real images; the exact checker and the
+ShapesWorld grammar for ShapesWorld. The formulas here are shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from focusdiff.errors import DataError
+from focusdiff.eval.errors import IncompleteEvaluation
+from focusdiff.eval.generation import ImageJob
+from focusdiff.eval.geneval import Detection
+
+CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
+VQA_CATEGORIES = ("color", "shape", "texture")
+IMAGES_PER_PROMPT = 10
+MAX_QUESTIONS = 8
+EXCLUDED_CHUNKS = frozenset({"top", "the side", "the left", "the right"})
+SPATIAL_WORDS = {"on the left of": "left", "on the right of": "right", "on the top of": "top", "on the bottom of": "bottom",
+                 "on side of": "near", "next to": "near", "near": "near"}  # the spatial category's phrases
+NEAR_PIXELS, REFERENCE_SHORT_SIDE = 150, 479
+
+
+class NounParser(Protocol):
+    def chunks(self, prompt: str) -> list[str]: ...
+
+    def nouns(self, prompt: str) -> list[str]: ...
+
+
+class VQA(Protocol):
+    name: str
+
+    def yes_probability(self, image: np.ndarray, question: str) -> float: ...
+
+
+class ObjectDetector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray, names: list[str]) -> list[Detection]: ...
+
+
+class Similarity(Protocol):
+    name: str
+
+    def similarity(self, image: np.ndarray, text: str) -> float: ...
+
+
+@dataclass
+class T2IScorers:
+    parser: NounParser
+    vqa: VQA
+    detector: ObjectDetector
+    similarity: Similarity
+
+
+@dataclass(frozen=True)
+class T2IPrompt:
+    category: str
+    index: int
+    prompt: str
+
+
+def load_prompts(path: str | Path, category: str) -> list[T2IPrompt]:
+    path = Path(path)
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"T2I-CompBench {category} prompt file not found", file=path) from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise DataError("no prompts", file=path)
+    return [T2IPrompt(category, i, p) for i, p in enumerate(prompts)]
+
+
+def image_file(p: T2IPrompt, k: int) -> str:
+    """The official layout: `<category>/samples/<prompt>_<running index, 6 digits>.png`."""
+    return f"{p.category}/samples/{p.prompt.replace('/', ' ')}_{p.index * IMAGES_PER_PROMPT + k:06d}.png"
+
+
+def jobs(prompts: list[T2IPrompt]) -> list[ImageJob]:
+    return [ImageJob(image_file(p, k), p.prompt) for p in prompts for k in range(IMAGES_PER_PROMPT)]
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def questions(prompt: str, parser: NounParser) -> list[str]:
+    return [f"{c}?" for c in parser.chunks(prompt) if c not in EXCLUDED_CHUNKS][:MAX_QUESTIONS]
+
+
+def blip_vqa_score(image: np.ndarray, prompt: str, s: T2IScorers) -> float:
+    asked = questions(prompt, s.parser)
+    if not asked:
+        raise ValueError(f"no noun chunks to ask about in {prompt!r}")
+    return float(np.prod([s.vqa.yes_probability(image, q) for q in asked]))
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def relation_of(prompt: str) -> str | None:
+    text = prompt.lower()
+    found = [(text.find(w), rel) for w, rel in SPATIAL_WORDS.items() if w in text]
+    return min(found)[1] if found else None
+
+
+def position_score(relation: str, a: Detection, b: Detection, short_side: int) -> float:
+    ca = ((a.box[0] + a.box[2]) / 2, (a.box[1] + a.box[3]) / 2)
+    cb = ((b.box[0] + b.box[2]) / 2, (b.box[1] + b.box[3]) / 2)
+    dx, dy = ca[0] - cb[0], ca[1] - cb[1]
+    if relation == "near":
+        near = NEAR_PIXELS * short_side / REFERENCE_SHORT_SIDE
+        return 1.0 if abs(dx) < near or abs(dy) < near else near / max(abs(dx), abs(dy))
+    along, across = (dx, dy) if relation in ("left", "right") else (dy, dx)
+    sign_ok = along < 0 if relation in ("left", "top") else along > 0
+    if not (sign_ok and abs(along) > abs(across)):
+        return 0.0
+    iou = _iou(a.box, b.box)
+    return 1.0 if iou < 0.1 else 0.1 / iou
+
+
+def spatial_score(image: np.ndarray, prompt: str, s: T2IScorers) -> float:
+    nouns = s.parser.nouns(prompt)
+    if not nouns:
+        raise ValueError(f"no nouns to detect in {prompt!r}")
+    relation = relation_of(prompt)
+    if relation is None:
+        return 0.0  # as the official script: no relation phrase, no position credit, below 0.5
+    first, last = nouns[0], nouns[-1]
+    best: dict[str, Detection] = {}
+    for d in s.detector.detect(image, [first, last]):
+        if d.cls not in best or d.score > best[d.cls].score:
+            best[d.cls] = d
+    if first in best and last in best and first != last:
+        score = 0.25 * best[first].score + 0.25 * best[last].score + \
+            0.5 * position_score(relation, best[first], best[last], min(image.shape[:2]))
+    elif first in best or last in best:
+        score = 0.25 * (best.get(first) or best[last]).score
+    else:
+        score = 0.0
+    return score if score >= 0.5 else 0.0
+
+
+def complex_score(image: np.ndarray, prompt: str, s: T2IScorers, spatial_prompts: set[str], action_prompts: set[str]) -> float:
+    blip = blip_vqa_score(image, prompt, s)
+    if prompt in spatial_prompts:
+        return (blip + spatial_score(image, prompt, s)) / 2
+    clip = s.similarity.similarity(image, prompt)
+    if prompt in action_prompts:
+        return (blip + clip) / 2
+    return (blip + spatial_score(image, prompt, s) + clip) / 3
+
+
+def score_image(p: T2IPrompt, image: np.ndarray, s: T2IScorers, spatial_prompts: set[str], action_prompts: set[str]) -> float:
+    if p.category in VQA_CATEGORIES:
+        return blip_vqa_score(image, p.prompt, s)
+    if p.category == "spatial":
+        return spatial_score(image, p.prompt, s)
+    if p.category == "non_spatial":
+        return s.similarity.similarity(image, p.prompt)
+    if p.category == "complex":
+        return complex_score(image, p.prompt, s, spatial_prompts, action_prompts)
+    raise ValueError(f"unknown T2I-CompBench category {p.category!r}")
+
+
+def aggregate(prompts: list[T2IPrompt], scores: dict[str, float]) -> dict[str, float]:
+    """t2i_compbench.<category> = mean over the category's images; `mean_of_categories` is ours."""
+    missing = [j.file for j in jobs(prompts) if j.file not in scores]
+    if missing:
+        raise IncompleteEvaluation("t2i_compbench", f"{len(missing)} images have no score (first: {', '.join(missing[:3])})")
+    per: dict[str, list[float]] = {}
+    for p in prompts:
+        per.setdefault(p.category, []).extend(scores[image_file(p, k)] for k in range(IMAGES_PER_PROMPT))
+    metrics = {f"t2i_compbench.{c}": float(np.mean(per[c])) for c in CATEGORIES if c in per}
+    metrics["t2i_compbench.mean_of_categories"] = float(np.mean([metrics[f"t2i_compbench.{c}"] for c in CATEGORIES if c in per]))
+    return metrics
+
+
+# --------------------------------------------------------------------------- ShapesWorld
+
+
+def shapes_suite(seed: int = 0, per_category: int = 10) -> dict[str, list[str]]:
+    """T2I-CompBench's categories in ShapesWorld's grammar (category -> prompts), plus the
+    complex split lists. shape binds sizes and texture binds the background: ShapesWorld has
+    three shapes and no textures (named deviations)."""
+    from focusdiff.shapes.world import BACKGROUNDS, COLORS, SHAPES, SIZES
+
+    rng = np.random.default_rng(seed)
+    colors = list(COLORS)
+
+    def pick(rows: list[str], n: int = per_category) -> list[str]:
+        return [rows[i] for i in sorted(rng.permutation(len(rows))[:n])]
+
+    def art(word: str) -> str:
+        return "an" if word[0] in "aeiou" else "a"
+
+    pairs = [(a, b) for a in SHAPES for b in SHAPES if a != b]
+    suite = {
+        "color": pick([f"{art(ca)} {ca} {a} and {art(cb)} {cb} {b}" for a, b in pairs for ca in colors for cb in colors if ca != cb]),
+        "shape": pick([f"{art(sa)} {sa} {a} and {art(sb)} {sb} {b}" for a, b in pairs for sa in SIZES for sb in SIZES]),
+        "texture": pick([f"{art(c)} {c} {a} on {art(bg)} {bg} background" for a in SHAPES for c in colors
+                         for bg in BACKGROUNDS if bg != c]),
+        "spatial": pick([f"{art(a)} {a} {w} {art(b)} {b}" for a, b in pairs
+                         for w in ("on the left of", "on the right of")]),
+        "non_spatial": pick([f"{art(c)} {c} {a}" for a in SHAPES for c in colors]),
+    }
+    # complex: relation only (BLIP + spatial), attributes and background (BLIP + CLIP), all three
+    third = max(1, per_category // 3)
+    spatial = pick([f"{art(ca)} {ca} {a} on the left of {art(cb)} {cb} {b}" for a, b in pairs for ca in colors for cb in colors
+                    if ca != cb], third)
+    plain = pick([f"{art(ca)} {ca} {a} and {art(cb)} {cb} {b} on {art(bg)} {bg} background" for a, b in pairs
+                  for ca in colors[:4] for cb in colors[4:8] for bg in BACKGROUNDS], third)
+    both = pick([f"{art(ca)} {ca} {a} on the right of {art(cb)} {cb} {b} on {art(bg)} {bg} background" for a, b in pairs
+                 for ca in colors[:4] for cb in colors[4:8] for bg in BACKGROUNDS], per_category - 2 * third)
+    suite["complex"] = spatial + plain + both
+    suite["complex_val_spatial"] = spatial
+    suite["complex_val_action"] = plain
+    return suite
+
+
+class ShapesParser:
+    """Noun chunks and nouns from the ShapesWorld grammar (spaCy's role for real prompts)."""
+
+    def _description(self, prompt: str):
+        from focusdiff.shapes.grammar import parse_caption
+
+        return parse_caption(prompt)
+
+    def chunks(self, prompt: str) -> list[str]:
+        from focusdiff.shapes.grammar import _article, group_phrase
+
+        d = self._description(prompt)
+        out = [group_phrase(g, d.numeral) for g in d.groups]
+        if d.background:
+            out.append(f"{_article(d.background)} {d.background} background")
+        return out
+
+    def nouns(self, prompt: str) -> list[str]:
+        return [g.shape for g in self._description(prompt).groups]
+
+
+class ShapesVQA:
+    """"<chunk>?" answered by the exact checker: 1 if the image holds the chunk, else 0."""
+
+    name = "shapes-checker"
+
+    def yes_probability(self, image: np.ndarray, question: str) -> float:
+        from focusdiff.shapes.checker import parse_image
+        from focusdiff.shapes.grammar import _parse_group
+
+        chunk = question.removesuffix("?").strip()
+        scene = parse_image(image)
+        if chunk.endswith(" background"):
+            return float(scene.background == chunk.split()[-2])
+        group, _ = _parse_group(chunk, question)
+        return float(sum(group.matches(o) for o in scene.objects) >= group.count)
+
+
+class ShapesSimilarity:
+    """The share of the prompt's clauses the exact checker finds true (CLIPScore's role)."""
+
+    name = "shapes-checker"
+
+    def similarity(self, image: np.ndarray, text: str) -> float:
+        from focusdiff.shapes.checker import check
+
+        return check(image, text).fraction
+
+
+def shapes_scorers() -> T2IScorers:
+    from focusdiff.eval.geneval import ShapesDetector
+
+    return T2IScorers(ShapesParser(), ShapesVQA(), ShapesDetector(), ShapesSimilarity())
+
+
+def suite_files(suite: dict[str, list[str]]) -> dict[str, str]:
+    """The suite as T2I-CompBench's files: `<category>_val.txt` and the complex lists."""
+    out = {f"{c}_val.txt": "\n".join(suite[c]) + "\n" for c in CATEGORIES}
+    out["complex_val_spatial.txt"] = "\n".join(suite["complex_val_spatial"]) + ("\n" if suite["complex_val_spatial"] else "")
+    out["complex_val_action.txt"] = "\n".join(suite["complex_val_action"]) + ("\n" if suite["complex_val_action"] else "")
+    return out
+
+
+def read_lists(folder: Path) -> tuple[set[str], set[str]]:
+    def read(name: str) -> set[str]:
+        path = folder / name
+        return {line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()} if path.is_file() else set()
+
+    return read("complex_val_spatial.txt"), read("complex_val_action.txt")
+
+
+def describe(scorers: T2IScorers) -> dict[str, Any]:
+    return {"vqa": scorers.vqa.name, "detector": scorers.detector.name, "similarity": scorers.similarity.name}
