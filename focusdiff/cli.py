@@ -275,7 +275,7 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval (repeat for several)")],
+    benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval, t2i_compbench, dpg_bench (repeat for several)")],
     policy: Annotated[Optional[str], typer.Option(help="override evaluate.policy: a directory, hub id or shapes-base")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of evaluate.*")] = None,

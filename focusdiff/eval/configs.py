@@ -45,6 +45,13 @@ class T2ICompBenchConfig(_Section):
     spacy_model: str = "en_core_web_sm"
 
 
+class DPGBenchConfig(_Section):
+    suite: Literal["shapes", "official"] = "shapes"
+    prompts: int = Field(24, ge=1, description="shapes suite: dense prompts (8 questions each)")
+    answerer: Literal["shapes", "judge"] = Field("shapes", description="shapes: the exact checker reads each question's tuple")
+    judge: JudgeSpec | None = Field(None, description="answerer=judge: a VLM (hf or openai) asked each question verbatim")
+
+
 class EvalConfig(_Section):
     policy: str = Field("models/grpo", description="the policy to evaluate: a directory, a hub id or shapes-base")
     data: Path = Field(Path("data/pairs"), description="dataset the ShapesWorld suites are drawn from")
@@ -59,3 +66,4 @@ class EvalConfig(_Section):
     paircomp: PairCompConfig = PairCompConfig()
     geneval: GenEvalConfig = GenEvalConfig()
     t2i_compbench: T2ICompBenchConfig = T2ICompBenchConfig()
+    dpg_bench: DPGBenchConfig = DPGBenchConfig()

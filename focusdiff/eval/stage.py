@@ -29,17 +29,18 @@ import numpy as np
 from PIL import Image
 
 from focusdiff.config import TrackingConfig
+from focusdiff.eval import dpg_bench as dpg
 from focusdiff.eval import geneval, paircomp
 from focusdiff.eval import t2i_compbench as t2i
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
-from focusdiff.eval.generation import ImageJob, generate_jobs, valid_image
+from focusdiff.eval.generation import ImageJob, generate_jobs, png_bytes, valid_image
 from focusdiff.eval.official import official_file
-from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
+from focusdiff.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.judge.select import build_judge
 
-BENCHMARKS = ("paircomp", "geneval", "t2i_compbench")
+BENCHMARKS = ("paircomp", "geneval", "t2i_compbench", "dpg_bench")
 JUDGE_CHUNK = 256  # images held in memory per judge call
 
 
@@ -278,7 +279,66 @@ def bootstrap_means(prompts, scores: dict[str, float], resamples: int, seed: int
     return out
 
 
-RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench}
+def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> EvalResult:
+    from focusdiff.errors import ConfigError
+    from focusdiff.eval.official import file_sha256
+
+    c = cfg.dpg_bench
+    folder = cfg.out / "dpg_bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    deviations = []
+    if c.suite == "shapes":
+        questions_file = folder / "dpg_bench.csv"
+        atomic_write_text(questions_file, dpg.csv_text(dpg.shapes_suite(cfg.seed, c.prompts)))
+        deviations.append(f"suite: {c.prompts} dense ShapesWorld prompts with question graphs, not the official 1065")
+    else:
+        questions_file = official_file("dpg_bench", "dpg_bench.csv", cfg.benchmark_dir)
+        deviations.append(f"dpg_bench.csv is fetched at the pinned commit but has no pinned sha256 in this release; "
+                          f"this run used sha256 {file_sha256(questions_file)}")
+    items = dpg.load_questions(questions_file)
+    if c.answerer == "shapes":
+        answerer = dpg.ShapesAnswerer()
+        deviations.append("answers: the exact checker reads each question's tuple, not mPLUG-large")
+    else:
+        if c.judge is None:
+            raise ConfigError("evaluate.dpg_bench.answerer is judge but evaluate.dpg_bench.judge is not set")
+        answerer = dpg.JudgeAnswerer(build_judge(c.judge, template="{prompt}"))
+        deviations.append(f"answers: {c.judge.backend} judge {c.judge.model} asked each question, not mPLUG-large")
+    deviations.append("fixed official defects: all CSV rows used, every tile's answers pooled per category, "
+                      "'Yes' counts as yes (P(yes) > P(no))")
+    jobs = dpg.jobs(items)
+    t0 = time.perf_counter()
+    images = prepare_images(folder, generation_identity(cfg, policy))
+    from focusdiff.model.sampler import SamplingConfig
+
+    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    missing = [j.file for j in jobs if not valid_image(images / j.file)]
+    if missing:
+        raise IncompleteEvaluation("dpg_bench", f"{len(missing)} tiles missing or unreadable (first: {missing[0]})")
+    for item in items:  # the official layout: one 2x2 grid per prompt
+        tiles = [Image.open(images / dpg.tile_file(item, k)).convert("RGB") for k in range(dpg.TILES)]
+        atomic_write_bytes(images / f"{item.item_id}.png", png_bytes(dpg.grid(tiles)))
+    t1 = time.perf_counter()
+    try:
+        answers = dpg.answer_all(items, images, answerer)
+    except JudgeFailure as exc:
+        raise IncompleteEvaluation("dpg_bench", f"the judge could not answer: {exc}") from exc
+    t2 = time.perf_counter()
+    metrics = dpg.aggregate(items, answers)
+    rows = [{"item_id": i.item_id, "tile": k, "prompt": i.prompt, "answers": answers[i.item_id][k],
+             "score": float(np.mean(dpg.apply_dependencies(i, answers[i.item_id][k])))} for i in items for k in range(dpg.TILES)]
+    atomic_write_text(folder / "scores.jsonl", jsonl_text(rows))
+    intervals = {}
+    if cfg.bootstrap:
+        rng = np.random.default_rng(cfg.seed)
+        per_image = np.array([np.mean([r["score"] for r in rows if r["item_id"] == i.item_id]) for i in items])
+        draws = [100 * float(np.mean(rng.choice(per_image, len(per_image)))) for _ in range(cfg.bootstrap)]
+        intervals["dpg.overall"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    return EvalResult("dpg_bench", metrics, intervals, deviations, folder, cfg.metrics_dir / "dpg_bench.json",
+                      {"generate_s": t1 - t0, "score_s": t2 - t1})
+
+
+RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench, "dpg_bench": run_dpg_bench}
 
 
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,

@@ -88,10 +88,17 @@ class Judge(ABC):
 
     name: str = "judge"
 
+    # What a VLM backend is asked about each (image, prompt). The reward and PairComp use
+    # QUESTION; DPG-Bench asks its own questions verbatim ("{prompt}").
+    template: str = QUESTION
+
     def __init__(self, max_concurrency: int = 8):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
+
+    def ask(self, prompt: str) -> str:
+        return self.template.format(prompt=prompt)
 
     @abstractmethod
     async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:

@@ -5,7 +5,7 @@ a GPU server) sits a mid-size open VLM run in the training process itself -
 Qwen2.5-VL, Qwen2-VL, InternVL3-hf, LLaVA, ... - anything that
 `AutoModelForImageTextToText` loads and whose processor has a chat template.
 
-How a verdict is read: the image and `question(prompt)` go into one user turn of
+How a verdict is read: the image and `self.ask(prompt)` (the reward question by default) go into one user turn of
 the model's own chat template (with the generation prompt, so the next token is
 the first answer token); one forward pass gives that token's logits; a softmax
 over the *full* vocabulary gives probabilities, and P(yes) is the summed
@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from focusdiff.errors import ConfigError
-from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, question, to_rgb
+from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, to_rgb
 from focusdiff.judge.openai_judge import _NO, _YES, normalize_token
 
 
@@ -148,7 +148,7 @@ class HFJudge(Judge):
     def encode(self, images: list[Image.Image], prompts: list[str]) -> Any:
         """The model inputs for a batch: one chat turn per item, left-padded."""
         conversations = [
-            [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": question(p)}]}]
+            [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": self.ask(p)}]}]
             for img, p in zip(images, prompts)
         ]
         return self.processor.apply_chat_template(

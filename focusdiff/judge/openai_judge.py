@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 
 from focusdiff.errors import FocusdiffError
-from focusdiff.judge.base import ImageLike, Judge, Verdict, question, to_rgb
+from focusdiff.judge.base import QUESTION, ImageLike, Judge, Verdict, to_rgb
 
 _YES, _NO = "yes", "no"
 _WORD_START_MARKERS = "Ġ▁"  # BPE (GPT-2 style) and SentencePiece word-start markers
@@ -130,7 +130,7 @@ class OpenAIJudge(Judge):
                 _client.reset(token)
 
     async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
-        body = request_body(self.model, image, prompt, self.top_logprobs)
+        body = request_body(self.model, image, prompt, self.top_logprobs, self.template)
         return parse_verdict(await self._post_with_retries(body))
 
     # -- transport and retries ------------------------------------------------ #
@@ -220,7 +220,7 @@ def image_data_url(image: ImageLike) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def request_body(model: str, image: ImageLike, prompt: str, top_logprobs: int = 20) -> dict[str, Any]:
+def request_body(model: str, image: ImageLike, prompt: str, top_logprobs: int = 20, template: str = QUESTION) -> dict[str, Any]:
     return {
         "model": model,
         "messages": [
@@ -228,7 +228,7 @@ def request_body(model: str, image: ImageLike, prompt: str, top_logprobs: int = 
                 "role": "user",
                 "content": [
                     {"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                    {"type": "text", "text": question(prompt)},
+                    {"type": "text", "text": template.format(prompt=prompt)},
                 ],
             }
         ],
