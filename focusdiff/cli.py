@@ -261,13 +261,14 @@ def train(
 
     if config is not None:
         cfg = load_recipe(config, _overrides(set_))
-        tracking = _params(params).tracking if params.is_file() else TrackingConfig()
+        project = _params(params) if params.is_file() else None
+        tracking, registry = (project.tracking, project.promote) if project else (TrackingConfig(), None)
     else:
         loaded = _params(params, [f"train.{s}" for s in set_ or []])
-        cfg, tracking = loaded.train, loaded.tracking
+        cfg, tracking, registry = loaded.train, loaded.tracking, loaded.promote
     from focusdiff.train.stage import run_train_stage
 
-    result = run_train_stage(cfg, tracking, command="focusdiff train")
+    result = run_train_stage(cfg, tracking, command="focusdiff train", registry=registry)
     if result.out is not None:
         console.print(f"{cfg.algorithm}: {result.steps} steps (resumed from {result.resumed_from}); wrote {result.out}")
         console.print(f"MLflow run: {result.mlflow_run_id}")
@@ -285,12 +286,15 @@ def evaluate(
 
     overrides = [f"evaluate.{s}" for s in set_ or []] + ([f"evaluate.policy={policy}"] if policy else [])
     loaded = _params(params, overrides)
-    from focusdiff.eval.stage import run_benchmark
+    from focusdiff.eval.stage import registration_for, run_benchmark
+    from focusdiff.train.stage import REGISTRATION_FILE
 
+    registration = registration_for(loaded.evaluate.policy, loaded.train.metrics_dir / REGISTRATION_FILE)
     for name in benchmark:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"{name}: generating", total=None)
-            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=lambda n: bar.advance(task, n))
+            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=lambda n: bar.advance(task, n),
+                                   registration=registration)
         table = Table(title=f"{name}: {loaded.evaluate.policy}")
         table.add_column("metric")
         table.add_column("value", justify="right")
@@ -302,6 +306,24 @@ def evaluate(
         for d in result.deviations:
             console.print(f"deviation: {d}")
         console.print(f"wrote {result.metrics_file} and {result.folder}; MLflow run {result.mlflow_run_id}")
+
+
+@app.command("promote")
+def promote_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    version: Annotated[str, typer.Option(help="the challenger: a version number or an alias")] = "challenger",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the decision without writing it")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of promote.*")] = None,
+) -> None:
+    """The promotion gate: move the `champion` alias to the challenger only if PairComp s_g wins
+    pair by pair (margin and paired-bootstrap lower bound) and nothing else regresses."""
+    from focusdiff.registry.store import promote
+
+    loaded = _params(params, [f"promote.{s}" for s in set_ or []])
+    decision = promote(loaded.promote, loaded.tracking, challenger=version, dry_run=dry_run)
+    console.print(("[dry run] " if dry_run else "") + decision.summary(), highlight=False)
+    for key, value in decision.numbers.items():
+        console.print(f"  {key}: {value}")
 
 
 @app.command("convert")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from focusdiff.errors import ConfigError
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
+from focusdiff.registry.gate import GateConfig
 from focusdiff.shapes.world import COLORS, SHAPES
 from focusdiff.train.configs import GRPOConfig
 
@@ -96,6 +97,7 @@ class Params(Section):
     bootstrap: BootstrapConfig
     train: GRPOConfig = GRPOConfig()
     evaluate: EvalConfig = EvalConfig()
+    promote: GateConfig = GateConfig()
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:

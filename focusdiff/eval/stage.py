@@ -341,9 +341,44 @@ def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> E
 RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench, "dpg_bench": run_dpg_bench}
 
 
+def registration_for(policy: str, registration_file: Path) -> dict[str, Any] | None:
+    """The registered model version `policy` is, per the train stage's registration.json."""
+    if not registration_file.is_file():
+        return None
+    registration = json.loads(registration_file.read_text("utf-8"))
+    same = Path(registration.get("policy", "")).resolve() == Path(policy).resolve()
+    return registration if same else None
+
+
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
-                  progress: Callable[[int], None] = lambda n: None) -> EvalResult:
-    """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`."""
+                  progress: Callable[[int], None] = lambda n: None,
+                  registration: dict[str, Any] | None = None) -> EvalResult:
+    """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`.
+    With `registration` (a registered version of that policy), the outcome is also written on
+    the version: results and files when complete, the reason when it fails."""
+    try:
+        result = _run_benchmark(benchmark, cfg, tracking, tags, progress)
+    except Exception as exc:
+        if registration is not None:
+            from focusdiff.registry.store import record_failure
+
+            record_failure(registration, tracking, benchmark, f"{type(exc).__name__}: {exc}")
+        raise
+    if registration is not None:
+        from focusdiff.registry.store import record_evaluation
+
+        files = [result.metrics_file] + [result.folder / n for n in ("pairs.jsonl", "scores.jsonl", "results.jsonl")
+                                         if (result.folder / n).is_file()]
+        evaluator = None
+        if benchmark == "paircomp":
+            spec = cfg.paircomp.evaluator
+            evaluator = f"{spec.backend}:{spec.model or ''}|suite={cfg.paircomp.suite}:{cfg.paircomp.split}"
+        record_evaluation(registration, tracking, benchmark, result.metrics, files, evaluator)
+    return result
+
+
+def _run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None,
+                   progress: Callable[[int], None]) -> EvalResult:
     from focusdiff.errors import ConfigError
     from focusdiff.model.loading import load_policy
     from focusdiff.tracking import StageRun

@@ -18,7 +18,10 @@ from focusdiff.config import TrackingConfig
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
 from focusdiff.train.configs import GRPOConfig
+from focusdiff.registry.gate import GateConfig
 from focusdiff.train.trainer import TrainResult, train
+
+REGISTRATION_FILE = "registration.json"
 
 # Curves DVC plots (`dvc plots show`): one row per step.
 CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "train/clip_fraction", "train/lr",
@@ -26,7 +29,9 @@ CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "t
 
 
 def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "focusdiff train",
-                    tags: dict[str, str] | None = None) -> TrainResult:
+                    tags: dict[str, str] | None = None, registry: GateConfig | None = None) -> TrainResult:
+    """Train; then, with `registry` (and registry.register), register the policy as a new
+    version of `registry.model_name` and write <metrics_dir>/registration.json."""
     judge = build_judge(cfg.judge)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
@@ -44,6 +49,18 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         )
         write_metrics(cfg, result)
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
+        registration_file = cfg.metrics_dir / REGISTRATION_FILE
+        if registry is not None and registry.register:
+            from focusdiff.registry.store import register_policy
+            from focusdiff.tracking import git_commit, prefect_flow_run_id
+
+            lineage = {"algorithm": cfg.algorithm, "base_model": cfg.policy, "reward_judge": cfg.judge.backend,
+                       "prefect.flow_run_id": prefect_flow_run_id() or "", **git_commit(), **(tags or {})}
+            registration = register_policy(result.out, registry, tracking, run.run_id, lineage)
+            atomic_write_json(registration_file, registration)
+            run.set_tags({"registered_model": registry.model_name, "registered_version": registration["version"]})
+        elif registration_file.exists():
+            registration_file.unlink()  # a stale registration would attach evaluations to another version
         result.mlflow_run_id = run.run_id
         return result
 

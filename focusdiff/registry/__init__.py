@@ -1,0 +1,1 @@
+"""The model registry: registration of trained policies, evaluation evidence, the promotion gate."""

@@ -1,0 +1,125 @@
+"""The registry end to end on a real MLflow store: register a policy (pyfunc, lineage tags,
+model card, alias challenger), attach evaluations, promote through the gate, load the
+champion and generate. One test runs against a real `mlflow server` with S3 artifacts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+from transformers import JanusForConditionalGeneration
+
+from focusdiff.config import TrackingConfig
+from focusdiff.model.configs import VQTrainConfig
+from focusdiff.model.shapes_model import build_config, build_tokenizer
+from focusdiff.model.vq import vq_config
+from focusdiff.registry.gate import GateConfig
+from focusdiff.registry.store import RegistryError, promote, record_evaluation, record_failure, register_policy
+from focusdiff.tracking import StageRun
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+BENCHMARKS = ("paircomp", "geneval", "t2i_compbench", "dpg_bench")
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("policy") / "policy"
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _register(policy_dir, gate, tracking, **tags):
+    with StageRun(tracking, "train") as run:
+        return register_policy(policy_dir, gate, tracking, run.run_id,
+                               {"algorithm": "pair-grpo", "base_model": "shapes-base", "data.version": "abc123",
+                                "git.commit": "0123456789abcdef", **tags})
+
+
+def _evaluate(reg, tracking, tmp_path, g: float, fail: str | None = None, geneval: float = 0.5):
+    pairs = tmp_path / f"pairs-{reg['version']}.jsonl"
+    pairs.write_text("\n".join(json.dumps({"pair": i, "category": "color" if i % 2 else "text", "caption1": f"a{i}",
+                                           "caption2": f"b{i}", "g": g + 0.01 * (i % 3)}) for i in range(30)) + "\n")
+    target = tmp_path / f"pairs.jsonl"
+    target.write_bytes(pairs.read_bytes())
+    record_evaluation(reg, tracking, "paircomp", {"paircomp.s_g": 100 * (g + 0.01)}, [target], evaluator="exact|shapes")
+    for b, metrics in (("geneval", {"geneval.overall": geneval}), ("t2i_compbench", {"t2i_compbench.mean_of_categories": 0.4}),
+                       ("dpg_bench", {"dpg.overall": 50.0})):
+        if b == fail:
+            record_failure(reg, tracking, b, "judge unavailable")
+        else:
+            record_evaluation(reg, tracking, b, metrics, [])
+
+
+def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts"))
+    gate = GateConfig(model_name="focusdiff-test", margin=1.0, floor=20.0, bootstrap=300)
+    first = _register(policy_dir, gate, tracking, **{"prefect.flow_run_id": "flow-1"})
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    v1 = client.get_model_version_by_alias("focusdiff-test", "challenger")
+    assert str(v1.version) == first["version"] == "1"
+    assert v1.tags["algorithm"] == "pair-grpo" and v1.tags["prefect.flow_run_id"] == "flow-1"
+    assert "trained with pair-grpo from shapes-base on dataset version abc123" in v1.description
+
+    # no evidence yet: the gate refuses, and says why
+    decision = promote(gate, tracking, dry_run=True)
+    assert not decision.promote and "paircomp evaluation is missing" in decision.reasons
+
+    _evaluate(first, tracking, tmp_path, g=0.40)
+    decision = promote(gate, tracking)
+    assert decision.promote and str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "1"
+    assert client.get_model_version("focusdiff-test", "1").tags["promotion.decision"] == "promoted"
+    again = promote(gate, tracking)  # idempotent
+    assert not again.promote and again.reasons == ["version 1 is already the champion"]
+
+    # a better challenger whose DPG evaluation failed: never promoted
+    second = _register(policy_dir, gate, tracking)
+    _evaluate(second, tracking, tmp_path, g=0.60, fail="dpg_bench")
+    before = dict(client.get_model_version("focusdiff-test", "2").tags)
+    dry = promote(gate, tracking, dry_run=True)
+    assert not dry.promote and client.get_model_version("focusdiff-test", "2").tags == before  # dry run writes nothing
+    decision = promote(gate, tracking)
+    assert not decision.promote and "dpg_bench evaluation is failed: judge unavailable" in decision.reasons
+    v2 = client.get_model_version("focusdiff-test", "2")
+    assert v2.tags["promotion.decision"] == "rejected" and "dpg_bench evaluation is failed" in v2.tags["promotion.reasons"]
+    assert "Promotion gate: KEEP CHAMPION" in v2.description
+    assert str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "1"
+
+    # evaluated completely: a clear per-pair win promotes; a GenEval regression would not
+    third = _register(policy_dir, gate, tracking)
+    _evaluate(third, tracking, tmp_path, g=0.60)
+    assert promote(gate, tracking).promote
+    assert str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "3"
+
+    mlflow.set_tracking_uri(tracking_uri := f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/focusdiff-test@champion")
+    out = model.predict(pd.DataFrame({"prompt": ["a red circle", "two blue squares"], "seed": [0, 1]}))
+    assert list(out["prompt"]) == ["a red circle", "two blue squares"]
+    image = Image.open(io.BytesIO(base64.b64decode(out["image_png_base64"][0])))
+    assert image.size == (32, 32)
+    with pytest.raises(RegistryError, match="registered model 'focusdiff-test' has no version '9'"):
+        promote(gate, tracking, challenger="9")
+
+
+def test_registration_on_a_tracking_server_with_s3_artifacts(policy_dir, mlflow_tracking, tmp_path):
+    tracking = TrackingConfig(uri=mlflow_tracking.tracking_uri)
+    gate = GateConfig(model_name="focusdiff-server-test", floor=0.0, bootstrap=200)
+    reg = _register(policy_dir, gate, tracking)
+    _evaluate(reg, tracking, tmp_path, g=0.3)
+    assert promote(gate, tracking).promote
+    client = MlflowClient(mlflow_tracking.tracking_uri)
+    version = client.get_model_version_by_alias("focusdiff-server-test", "champion")
+    assert version.tags["eval.paircomp.status"] == "complete"
+    local = client.download_artifacts(version.run_id, "evaluation/paircomp/pairs.jsonl", str(tmp_path / "dl"))
+    assert len(Path(local).read_text().splitlines()) == 30
