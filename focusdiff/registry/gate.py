@@ -28,7 +28,7 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str = Field("focusdiff-shapes", min_length=1, description="registered model in MLflow")
-    register: bool = Field(True, description="register every trained policy as a new version (alias challenger)")
+    register_trained: bool = Field(True, description="register every trained policy as a new version (alias challenger)")
     metric: str = Field("paircomp.s_g", description="the deciding metric (x100)")
     margin: float = Field(1.0, ge=0, description="minimum improvement in points")
     floor: float = Field(0.0, ge=0, le=100, description="s_g a first champion must reach")

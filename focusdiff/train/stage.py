@@ -30,7 +30,7 @@ CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "t
 
 def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "focusdiff train",
                     tags: dict[str, str] | None = None, registry: GateConfig | None = None) -> TrainResult:
-    """Train; then, with `registry` (and registry.register), register the policy as a new
+    """Train; then, with `registry` (and registry.register_trained), register the policy as a new
     version of `registry.model_name` and write <metrics_dir>/registration.json."""
     judge = build_judge(cfg.judge)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
@@ -50,7 +50,7 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         write_metrics(cfg, result)
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
         registration_file = cfg.metrics_dir / REGISTRATION_FILE
-        if registry is not None and registry.register:
+        if registry is not None and registry.register_trained:
             from focusdiff.registry.store import register_policy
             from focusdiff.tracking import git_commit, prefect_flow_run_id
 

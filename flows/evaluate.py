@@ -1,0 +1,81 @@
+"""The `focusdiff-evaluate` flow: evaluate an existing registered model version on the four
+benchmarks (in parallel tasks) and write the outcome on the version, then optionally gate it.
+
+The version's policy is downloaded from the registry (its pyfunc model's `policy` artifact)
+and evaluated exactly as the pipeline's evaluation stage does (`run_benchmark`); every
+benchmark's status, metrics and files land on the version, so `focusdiff-promote` (or the
+MLflow UI) can decide without re-running anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from focusdiff.config import load_params
+from focusdiff.eval.stage import BENCHMARKS, run_benchmark
+
+# Transient failures only: downloading a model from the object store can hiccup; a benchmark
+# that fails deterministically must not be re-run (its judge client retries on its own).
+_DOWNLOAD_RETRIES = 3
+
+
+@task(name="registry: download model version", retries=_DOWNLOAD_RETRIES, retry_delay_seconds=[2, 10, 30])
+def download_version(project_dir: str, model_name: str, version: str) -> dict[str, Any]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from focusdiff.tracking import tracking_uri
+
+    params = load_params(Path(project_dir) / "params.yaml")
+    uri = tracking_uri(params.tracking)
+    client = MlflowClient(uri, registry_uri=uri)
+    mv = client.get_model_version(model_name, version) if version.isdigit() else client.get_model_version_by_alias(model_name, version)
+    target = Path(project_dir) / "outputs" / "registry" / f"{model_name}-v{mv.version}"
+    mlflow.set_registry_uri(uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}", dst_path=str(target),
+                                                tracking_uri=uri)
+    policy = Path(local) / "artifacts" / "policy"
+    if not (policy / "config.json").is_file():
+        raise FileNotFoundError(f"{model_name} v{mv.version}: no policy artifact at {policy}")
+    return {"model_name": model_name, "version": str(mv.version), "run_id": mv.run_id, "policy": str(policy)}
+
+
+@task(name="evaluate: benchmark")
+def evaluate_benchmark(project_dir: str, benchmark: str, registration: dict[str, Any]) -> dict[str, float]:
+    params = load_params(Path(project_dir) / "params.yaml")
+    out = Path(project_dir) / "outputs" / "eval" / f"{registration['model_name']}-v{registration['version']}"
+    cfg = params.evaluate.model_copy(update={"policy": registration["policy"], "out": out, "metrics_dir": out / "metrics"})
+    result = run_benchmark(benchmark, cfg, params.tracking, registration=registration,
+                           tags={"model_version": registration["version"]})
+    get_run_logger().info("%s: %s", benchmark, {k: round(v, 3) for k, v in result.metrics.items() if k.count(".") == 1})
+    return result.metrics
+
+
+@flow(name="focusdiff-evaluate", log_prints=True)
+def evaluate_version(project_dir: str = ".", model_name: str | None = None, version: str = "challenger",
+                     benchmarks: list[str] | None = None) -> dict[str, Any]:
+    project = str(Path(project_dir).resolve())
+    params = load_params(Path(project) / "params.yaml")
+    name = model_name or params.promote.model_name
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        registration = download_version(project, name, version)
+        futures = {b: evaluate_benchmark.submit(project, b, registration) for b in (benchmarks or BENCHMARKS)}
+        results, failed = {}, {}
+        for b, future in futures.items():
+            try:
+                results[b] = future.result()
+            except Exception as exc:  # recorded on the version by run_benchmark; reported here
+                failed[b] = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.chdir(cwd)
+    summary = {"model": name, "version": registration["version"], "metrics": results, "failed": failed}
+    print(f"evaluation of {name} v{registration['version']}: {summary}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} benchmark(s) failed for {name} v{registration['version']}: {failed}")
+    return summary
