@@ -274,6 +274,34 @@ def train(
         console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@app.command("ablate")
+def ablate(
+    params: ParamsOpt = Path("params.yaml"),
+    seeds: Annotated[list[int], typer.Option("--seed", help="training seeds (repeat; >= 3 for the table)")] = [0, 1, 2],
+    variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (default: all)")] = None,
+    out: Annotated[Path, typer.Option(help="runs and ablation.json")] = Path("outputs/ablate"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+) -> None:
+    """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
+    over seeds; PairComp s_a/s_g by the reward judge and by the exact checker."""
+    from focusdiff.errors import ConfigError
+    from focusdiff.tracking import StageRun
+    from focusdiff.train.ablate import VARIANTS, markdown, run_ablation
+
+    unknown = sorted(set(variant or []) - set(VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    loaded = _params(params, set_)
+    with StageRun(loaded.tracking, "ablate", params={"train": loaded.train.model_dump(mode="json"), "seeds": seeds}) as run:
+        cells = run_ablation(loaded, seeds, out, variant, log=lambda m, step: run.log_metrics(m, step))
+        text = markdown(cells)
+        (out / "table.md").write_text(text + "\n", "utf-8")
+        run.log_artifact(out / "table.md", "ablate")
+        run.log_artifact(out / "ablation.json", "ablate")
+    console.print(text)
+    console.print(f"wrote {out / 'ablation.json'}")
+
+
 @app.command("evaluate")
 def evaluate(
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval, t2i_compbench, dpg_bench (repeat for several)")],

@@ -343,3 +343,23 @@ def test_launch_configs_point_at_existing_deepspeed_files():
             assert ds["zero_optimization"]["stage"] == (3 if "zero3" in path.name else 2)
             # no dataloader is prepared, so the micro-batch (in items) must be given
             assert ds["train_micro_batch_size_per_gpu"] == 1
+
+
+def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
+    from focusdiff.config import load_params
+    from focusdiff.eval.configs import EvalConfig
+    from focusdiff.train.ablate import markdown, run_ablation, table
+
+    params = load_params(REPO / "params.yaml")
+    params = params.model_copy(update={
+        "train": GRPOConfig.model_validate(_config(world, tmp_path, steps=1)),
+        "evaluate": EvalConfig.model_validate({"data": str(world / "data"), "bootstrap": 0}),
+    })
+    cells = run_ablation(params, seeds=[0, 1], out=tmp_path / "ablate", variants=["grpo", "pair-grpo"])
+    assert {(c.variant, c.judge) for c in cells} == {(v, j) for v in ("base", "grpo", "pair-grpo") for j in ("reward", "exact")}
+    rows = table(cells, "exact")
+    assert [r["variant"] for r in rows] == ["base", "grpo", "pair-grpo"] and all(r["seeds"] == 2 for r in rows)
+    assert rows[0]["paircomp.s_g"][1] == 0.0  # the base is one measurement, repeated
+    text = markdown(cells)
+    assert "**Scored by the exact checker (held out)**" in text and "| pair-grpo | " in text
+    assert (tmp_path / "ablate" / "ablation.json").is_file()
