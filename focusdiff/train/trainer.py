@@ -38,7 +38,7 @@ from PIL import Image
 from focusdiff.data.schema import load_dataset
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.judge.base import Judge
-from focusdiff.model.loading import load_policy
+from focusdiff.model.loading import checkpoint_fingerprint, load_policy
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
 from focusdiff.model.records import file_hashes
@@ -160,7 +160,9 @@ def train(
     items = train_items(dataset, cfg.unpaired_prompts)
     order = ItemOrder(len(items), cfg.seed)
     source_dir = Path(policy.model.name_or_path) if policy.model.name_or_path else None
-    policy_files = file_hashes(source_dir) if source_dir and source_dir.is_dir() else {"source": cfg.policy}
+    # A cheap identity (config bytes, weight files' sizes and times): hashing 15 GB of weights is not.
+    policy_files = {"source": cfg.policy, "fingerprint": checkpoint_fingerprint(source_dir)
+                    if source_dir and source_dir.is_dir() else cfg.policy}
     fingerprint = run_fingerprint(cfg, policy_files, (cfg.data / "manifest.json").read_bytes())
     sampling = SamplingConfig(**cfg.sampling.model_dump())
     curriculum = Curriculum(cfg.curriculum.s1, cfg.curriculum.s2, cfg.curriculum.s3, cfg.curriculum.prob)
