@@ -10,6 +10,7 @@ from transformers import GenerationConfig, JanusForConditionalGeneration
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
+from focusdiff.model import sampler as sampler_module
 from focusdiff.model.sampler import SamplingConfig, guided_logits, sample, token_logprobs, truncate
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
@@ -127,3 +128,55 @@ def test_bad_arguments(policy):
         SamplingConfig(temperature=0)
     with pytest.raises(ValueError, match="unknown log-prob form 'x'"):
         guided_logits(torch.zeros(1, 2), torch.zeros(1, 2), SamplingConfig(), form="x")
+
+
+def _tiny_policy(**text_config) -> Policy:
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    config = build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2)
+    for key, value in text_config.items():
+        setattr(config.text_config, key, value)
+    return Policy(JanusForConditionalGeneration(config).eval(), tok, "tiny-random")
+
+
+def _generic_only(monkeypatch):
+    monkeypatch.setattr(sampler_module._LlamaDecodeStep, "build", classmethod(lambda cls, *args: None))
+
+
+@pytest.mark.parametrize("text_config", [{}, {"num_key_value_heads": 2}, {"attention_bias": True, "mlp_bias": True}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_llama_fast_path_equals_the_layers_own_forward(text_config, dtype, monkeypatch):
+    """Bit for bit: same tokens and same log-probs (padded rows and a repeated prompt included)."""
+    policy = _tiny_policy(**text_config)
+    policy.model.to(dtype)
+    prompts, seeds = [*PROMPTS, PROMPTS[0]], [3, 4, 5, 6]
+    lm = policy.model.model.language_model
+    assert sampler_module._LlamaDecodeStep.build(lm, sampler_module._PrefixKV(lm, 2, 4, dtype, "cpu"), 4, dtype) is not None
+    fast = sample(policy, prompts, seeds, SamplingConfig(top_k=50), decode=False)
+    _generic_only(monkeypatch)
+    generic = sample(policy, prompts, seeds, SamplingConfig(top_k=50), decode=False)
+    assert torch.equal(fast.tokens, generic.tokens) and torch.equal(fast.logprobs, generic.logprobs)
+
+
+def test_llama_fast_path_declines_what_it_does_not_know(policy):
+    lm = policy.model.model.language_model
+    kv = sampler_module._PrefixKV(lm, 2, 4, torch.float32, "cpu")
+    assert sampler_module._LlamaDecodeStep.build(lm, kv, 4, torch.float32) is not None
+    handle = lm.layers[0].mlp.register_forward_hook(lambda *args: None)
+    try:
+        assert sampler_module._LlamaDecodeStep.build(lm, kv, 4, torch.float32) is None
+    finally:
+        handle.remove()
+    eager = _tiny_policy()
+    eager.model.model.language_model.config._attn_implementation = "eager"
+    assert sampler_module._LlamaDecodeStep.build(eager.model.model.language_model, kv, 4, torch.float32) is None
+
+
+def test_repeated_prompts_equal_single_rows(policy):
+    """Repeated prompt rows are prefilled once and copied: each row still equals its row alone."""
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    batched = sample(policy, prompts, [1, 2, 3, 4], decode=False)
+    for i, prompt in enumerate(prompts):
+        alone = sample(policy, [prompt], [1 + i], decode=False)
+        assert torch.equal(alone.tokens[0], batched.tokens[i])
+        assert torch.allclose(alone.logprobs[0], batched.logprobs[i], atol=1e-4)

@@ -2,8 +2,9 @@
 
 Rollouts dominate Pair-GRPO's time, and the loss needs the log-probability of every
 sampled token under the distribution that produced it. The cache is preallocated
-(like a static cache) but attention reads only its filled prefix, and decode steps
-run the model's own layers without the generic forward's per-call overhead. So one pass here gives:
+(like a static cache) but attention reads only its filled prefix, repeated prompt rows
+are prefilled once, and decode steps of Llama decoders run straight on the layers'
+weights (`_LlamaDecodeStep`; other decoders run their own layers). So one pass here gives:
 tokens, their log-probs under the *sampling* distribution (CFG, temperature and the
 same top-k/top-p truncation), and decoded images. `token_logprobs` recomputes the
 same quantities teacher-forced, with gradients, for the loss.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.activations import SiLUActivation
 
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
@@ -130,6 +132,143 @@ def _additive_mask(keep: torch.Tensor, queries: int, dtype: torch.dtype) -> torc
         ~allowed[:, None], torch.finfo(dtype).min)
 
 
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position alone
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm's arithmetic, op for op (F.rms_norm rounds differently in bf16)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
+
+
+class _LlamaDecodeStep:
+    """One decode step (one new token per row) of a transformers Llama decoder, computed
+    straight from its layers' weights.
+
+    Why: on small models a decode step is mostly per-op overhead, and the Llama layer's
+    forward spends many ops and Python calls on generality (kwargs plumbing, the attention
+    interface, rotary cos/sin recomputed from the positions, rank-3 views and transposes).
+    Here a layer is the bare op sequence on (rows, features) tensors: RMSNorm, q/k/v
+    projections, rotary from cos/sin tables that the model's own rotary module computes
+    once per `sample` call for all positions, the new key/value written into the
+    preallocated cache, `scaled_dot_product_attention` on the filled prefix, output
+    projection, RMSNorm, SiLU-gated MLP.
+
+    Exactness: every op is the one the HF layer runs, on the same weights, shapes and
+    order (the norm's fp32 upcast, transformers' GQA packing of a single query), so hidden
+    states are bit-identical to the layers' own forward and tokens equal `generate`'s.
+
+    `build` returns None for what it does not recognise (other classes, non-SDPA
+    attention, dynamic rope, hooks, attention dropout in training, ...): `sample` then
+    runs the layers' own forward.
+    """
+
+    def __init__(self, lm, kv: _PrefixKV, cos: torch.Tensor, sin: torch.Tensor):
+        self.kv, self.cos, self.sin = kv, cos, sin
+        self.layers = [
+            (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+            for layer in lm.layers[: lm.config.num_hidden_layers]
+        ]
+        self.norm = lm.norm
+        self.head_dim = lm.layers[0].self_attn.head_dim
+
+    @classmethod
+    def build(cls, lm, kv: _PrefixKV, max_position: int, dtype: torch.dtype) -> _LlamaDecodeStep | None:
+        from transformers.models.llama import modeling_llama as llama
+
+        cfg = lm.config
+        if not (type(lm) is llama.LlamaModel and cfg._attn_implementation == "sdpa"
+                and getattr(lm.rotary_emb, "rope_type", None) in _STATIC_ROPE
+                and not (lm.training and cfg.attention_dropout)
+                and type(lm.norm) is llama.LlamaRMSNorm and not _hooked(lm.norm)):
+            return None
+        for layer in lm.layers[: cfg.num_hidden_layers]:
+            attn, mlp = layer.self_attn, layer.mlp
+            norms = (layer.input_layernorm, layer.post_attention_layernorm)
+            linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            if (type(layer) is not llama.LlamaDecoderLayer or type(attn) is not llama.LlamaAttention
+                    or type(mlp) is not llama.LlamaMLP or type(mlp.act_fn) not in (SiLUActivation, torch.nn.SiLU)
+                    or any(type(m) is not llama.LlamaRMSNorm for m in norms)
+                    or any(type(m) is not torch.nn.Linear for m in linears)
+                    or any(_hooked(m) for m in (layer, attn, mlp, mlp.act_fn, *norms, *linears))):
+                return None
+        # The model's own rotary module over all positions: cos/sin are elementwise in the
+        # position, so looking them up equals recomputing them each step.
+        positions = torch.arange(max_position + 1, device=kv.keys[0].device)[None]
+        cos, sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=positions.device), positions)
+        # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign moves exactly onto sin
+        half = cos.shape[-1] // 2
+        sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+        return cls(lm, kv, cos[0], sin)
+
+    def __call__(self, hidden: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (rows, H): embeddings of the new tokens, at `position` (rows,); returns the
+        final-norm hidden state (rows, H) and advances the cache by one position."""
+        rows, d = hidden.shape[0], self.head_dim
+        cos, sin = self.cos[position][:, None], self.sin[position][:, None]  # (rows, 1, head_dim)
+        kv, t = self.kv, self.kv.length
+        for i, (norm_in, attn, norm_post, mlp) in enumerate(self.layers):
+            h = _rms_norm(hidden, norm_in.weight, norm_in.variance_epsilon)
+            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(rows, -1, d)
+            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(rows, -1, d)
+            q = q * cos + torch.cat([q[..., d // 2 :], q[..., : d // 2]], dim=-1) * sin
+            k = k * cos + torch.cat([k[..., d // 2 :], k[..., : d // 2]], dim=-1) * sin
+            kv.keys[i][:, :, t] = k
+            kv.values[i][:, :, t] = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(rows, -1, d)
+            # a single query with a mask: transformers' SDPA path packs GQA groups as queries
+            groups = attn.num_key_value_groups
+            q = q.view(rows, -1, groups, d) if groups > 1 else q[:, :, None]
+            a = F.scaled_dot_product_attention(q, kv.keys[i][:, :, : t + 1], kv.values[i][:, :, : t + 1],
+                                               attn_mask=mask, scale=attn.scaling)
+            hidden = hidden + F.linear(a.reshape(rows, -1), attn.o_proj.weight, attn.o_proj.bias)
+            h = _rms_norm(hidden, norm_post.weight, norm_post.variance_epsilon)
+            gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
+            h = F.silu(gate) * F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+            hidden = hidden + F.linear(h, mlp.down_proj.weight, mlp.down_proj.bias)
+        kv.length = t + 1
+        return _rms_norm(hidden, self.norm.weight, self.norm.variance_epsilon)
+
+
+def _generic_decode_step(lm, kv: _PrefixKV):
+    """The layers' own forward, one new token per row (for decoders without a fast path)."""
+
+    def step(hidden: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return _decoder_pass(lm, hidden[:, None], position[:, None], mask, kv)
+
+    return step
+
+
+def _prefill(model, batch, kv: _PrefixKV) -> torch.Tensor:
+    """The prompt pass into `kv`; returns the last position's final-norm hidden state.
+
+    Identical rows (same ids and mask) are computed once and copied: a GRPO rollout
+    samples each prompt group-size times, and the unconditional twins of equal-length
+    prompts are all alike. Every op is row-wise, so a copy equals computing the row."""
+    lm = model.model.language_model
+    rows = torch.cat([batch.input_ids, batch.attention_mask], dim=1)
+    n, L = rows.shape[0], batch.input_ids.shape[1]
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if int(inverse.max()) + 1 == n:
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        mask = _additive_mask(batch.attention_mask, L, embeds.dtype)
+        return _decoder_pass(lm, embeds, batch.position_ids, mask, kv)
+    first = torch.full((int(inverse.max()) + 1,), n, device=rows.device).scatter_reduce_(
+        0, inverse, torch.arange(n, device=rows.device), "amin")  # a representative of each distinct row
+    embeds = model.get_input_embeddings()(batch.input_ids[first])
+    distinct = _PrefixKV(lm, len(first), L, embeds.dtype, embeds.device)
+    mask = _additive_mask(batch.attention_mask[first], L, embeds.dtype)
+    hidden = _decoder_pass(lm, embeds, batch.position_ids[first], mask, distinct)
+    for full, part in zip(kv.keys + kv.values, distinct.keys + distinct.values):
+        full[:, :, :L] = part[inverse]
+    kv.length = L
+    return hidden[inverse]
+
+
 _NOISE_BLOCK = 64  # steps of sampling noise drawn per row at a time
 
 
@@ -146,14 +285,15 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
                          "load the policy with attn_implementation='sdpa'")
     batch = build_prompt_batch(policy.tokenizer, prompts, device)
     B, L, N = len(prompts), batch.input_ids.shape[1], policy.num_image_tokens
-    embeds = model.get_input_embeddings()(batch.input_ids)
-    kv = _PrefixKV(lm, 2 * B, L + N, embeds.dtype, device)
-    keep = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(2 * B, N)], dim=1)
-    hidden = _decoder_pass(lm, embeds, batch.position_ids, _additive_mask(keep[:, :L], L, embeds.dtype), kv)
+    dtype = model.get_input_embeddings().weight.dtype
+    kv = _PrefixKV(lm, 2 * B, L + N, dtype, device)
+    hidden = _prefill(model, batch, kv)
     # A decode step's query is the newest position: its mask is the key-padding row, sliced.
-    step_mask = torch.zeros(2 * B, 1, 1, L + N, dtype=embeds.dtype, device=device).masked_fill(
-        ~keep[:, None, None, :].bool(), torch.finfo(embeds.dtype).min)
-    position = batch.position_ids[:, -1:]
+    keep = torch.cat([batch.attention_mask, batch.attention_mask.new_ones(2 * B, N)], dim=1)
+    step_mask = torch.zeros(2 * B, 1, 1, L + N, dtype=dtype, device=device).masked_fill(
+        ~keep[:, None, None, :].bool(), torch.finfo(dtype).min)
+    position = batch.position_ids[:, -1]
+    step = _LlamaDecodeStep.build(lm, kv, int(position.max()) + N, dtype) or _generic_decode_step(lm, kv)
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     tokens = torch.empty(B, N, dtype=torch.long, device=device)
     logprobs = torch.empty(B, N, dtype=torch.float32, device=device)
@@ -168,8 +308,8 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
         if i + 1 == N:
             break
         position = position + 1
-        step_embeds = model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2)[:, None])
-        hidden = _decoder_pass(lm, step_embeds, position, step_mask[..., : L + i + 1], kv)
+        step_embeds = model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2))
+        hidden = step(step_embeds, position, step_mask[..., : L + i + 1])
     return Rollout(tokens, logprobs, decode_tokens(policy, tokens) if decode else None)
 
 
