@@ -1,9 +1,12 @@
 """Rollout speed: this project's CFG sampler vs transformers' generate(generation_mode="image")
 vs the naive loop of the reference FocusDiff code (re-feeding embeddings through a dynamic
-cache step by step). Same model, same batch, same seeds, one run each after a warm-up;
-prints images/s and the ratios. Not a test: run it, read the ratios.
+cache step by step). Same model, same batch, same seeds; each warmed up, then timed in
+turns (naive, generate, ours, naive, ...) so that a change in the machine's load hits all
+three alike; prints images/s (median per sampler) and the ratios. Not a test: run it,
+read the ratios.
 
   ./uvw run python bench/rollout.py                    # CPU, ShapesWorld base architecture
+  ./uvw run python bench/rollout.py --distinct         # 16 different prompts instead of one prompt 16 times
   ./uvw run python bench/rollout.py --janus-pro-1b     # GPU: random Janus-Pro-1B-sized config, CFG batch 2x16
 """
 
@@ -21,6 +24,13 @@ from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.sampler import SamplingConfig, sample
 
 PROMPT = "a photo of a small red circle to the left of a large blue square"
+
+
+def distinct_prompts(n: int) -> list[str]:
+    """n different ShapesWorld prompts of three lengths (so the batch is padded)."""
+    colors, shapes = ("red", "blue", "green", "yellow", "purple", "orange"), ("circle", "square", "triangle")
+    templates = ("a {c} {s}", "a photo of a small {c} {s}", "a photo of a small {c} {s} to the left of a large {c2} square")
+    return [templates[i % 3].format(c=colors[i % 6], s=shapes[i // 6 % 3], c2=colors[(i + 1) % 6]) for i in range(n)]
 
 
 @torch.no_grad()
@@ -105,6 +115,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--janus-pro-1b", action="store_true", help="GPU: random Janus-Pro-1B-sized model")
     ap.add_argument("--batch", type=int, default=16, help="prompts per batch (CFG doubles the rows)")
+    ap.add_argument("--distinct", action="store_true",
+                    help="different prompts (default: one prompt batch times, as a GRPO group samples it)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
@@ -112,14 +124,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = janus_pro_1b_policy(device) if args.janus_pro_1b else shapes_policy()
-    prompts = [PROMPT] * args.batch
+    prompts = distinct_prompts(args.batch) if args.distinct else [PROMPT] * args.batch
     s = SamplingConfig()
-    results = {}
-    for name, fn in (("naive loop (reference)", naive_loop), ("transformers generate", hf_generate), ("focusdiff sampler", ours)):
+    samplers = {"naive loop (reference)": naive_loop, "transformers generate": hf_generate, "focusdiff sampler": ours}
+    for fn in samplers.values():
         fn(policy, prompts, 0, s)  # warm-up at the measured size (allocator, caches)
-        results[name] = statistics.median(timed(fn, policy, prompts, 0, s) for _ in range(args.repeats))
-    print(f"device {device}, policy {policy.source}, batch {args.batch} (CFG rows {2 * args.batch}), "
-          f"{policy.num_image_tokens} tokens per image, {torch.get_num_threads()} threads, median of {args.repeats}")
+    times = {name: [] for name in samplers}
+    for _ in range(args.repeats):
+        for name, fn in samplers.items():
+            times[name].append(timed(fn, policy, prompts, 0, s))
+    results = {name: statistics.median(t) for name, t in times.items()}
+    print(f"device {device}, policy {policy.source}, batch {args.batch} ({'distinct prompts' if args.distinct else 'one prompt'}, "
+          f"CFG rows {2 * args.batch}), {policy.num_image_tokens} tokens per image, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} (in turns)")
     for name, seconds in results.items():
         print(f"  {name:24s} {args.batch / seconds:8.2f} images/s  ({seconds:.2f} s)")
     base = results["naive loop (reference)"]
