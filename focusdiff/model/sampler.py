@@ -90,21 +90,26 @@ def decode_tokens(policy: Policy, tokens: torch.Tensor) -> np.ndarray:
 
 class _PrefixKV:
     """Keys/values per layer in preallocated tensors; attention reads only the filled
-    prefix (a static cache would attend over its whole length every step)."""
+    prefix (a static cache would attend over its whole length every step). Stored
+    (rows, position, kv heads, head_dim), so a step's keys are one contiguous block per
+    row; attention gets (rows, kv heads, positions, head_dim) views."""
 
     def __init__(self, lm, rows: int, max_len: int, dtype: torch.dtype, device: torch.device):
         cfg = lm.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        shape = (rows, cfg.num_key_value_heads, max_len, head_dim)
+        shape = (rows, max_len, cfg.num_key_value_heads, head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in lm.layers]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in lm.layers]
         self.length = 0
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         end = self.length + key.shape[2]
-        self.keys[layer_idx][:, :, self.length : end] = key
-        self.values[layer_idx][:, :, self.length : end] = value
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        self.keys[layer_idx][:, self.length : end] = key.transpose(1, 2)
+        self.values[layer_idx][:, self.length : end] = value.transpose(1, 2)
+        return self.prefix(layer_idx, end)
+
+    def prefix(self, layer_idx: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer_idx][:, :end].transpose(1, 2), self.values[layer_idx][:, :end].transpose(1, 2)
 
 
 def _decoder_pass(lm, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, kv: _PrefixKV) -> torch.Tensor:
@@ -146,6 +151,39 @@ def _hooked(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
 
 
+def _onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and bool(
+            torch.ops.mkldnn._linear_pointwise and torch.ops.mkldnn._reorder_linear_weight)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+ONEDNN_CPU_PROJECTIONS = True  # False: F.linear everywhere (bit-identical to the modules' forward)
+
+
+def _use_onednn(device: torch.device, dtype: torch.dtype) -> bool:
+    return ONEDNN_CPU_PROJECTIONS and device.type == "cpu" and dtype == torch.float32 and _onednn_available()
+
+
+def _projection(linears: list[torch.nn.Linear], rows: int, onednn: bool):
+    """x -> the outputs of `linears` (q, k, v or gate, up or one).
+
+    With `onednn` (CPU, fp32): one matmul on the concatenated weights, prepacked once, run
+    by oneDNN, where F.linear would run MKL's fp32 GEMM, which is about half as fast at
+    these sizes on the AMD CPUs this project runs on. Same sums, accumulated in another
+    order: results differ by float rounding (~1e-7 relative), so a sampled token can differ
+    from F.linear's only where two candidates tie to that precision. Otherwise each output
+    is F.linear's, as the layer computes it."""
+    if not onednn:
+        return lambda x: [F.linear(x, m.weight, m.bias) for m in linears]
+    weight = torch.cat([m.weight for m in linears])
+    bias = None if all(m.bias is None for m in linears) else torch.cat(
+        [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in linears])
+    packed, sizes = torch.ops.mkldnn._reorder_linear_weight(weight, rows), [m.out_features for m in linears]
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "").split(sizes, dim=-1)
+
+
 class _LlamaDecodeStep:
     """One decode step (one new token per row) of a transformers Llama decoder, computed
     straight from its layers' weights.
@@ -153,29 +191,39 @@ class _LlamaDecodeStep:
     Why: on small models a decode step is mostly per-op overhead, and the Llama layer's
     forward spends many ops and Python calls on generality (kwargs plumbing, the attention
     interface, rotary cos/sin recomputed from the positions, rank-3 views and transposes).
-    Here a layer is the bare op sequence on (rows, features) tensors: RMSNorm, q/k/v
-    projections, rotary from cos/sin tables that the model's own rotary module computes
-    once per `sample` call for all positions, the new key/value written into the
+    Here a layer is the bare op sequence on (rows, features) tensors: RMSNorm, the q|k|v
+    projection, rotary on q and k at once from cos/sin tables that the model's own rotary
+    module computes once per `sample` call, the new key/value written into the
     preallocated cache, `scaled_dot_product_attention` on the filled prefix, output
-    projection, RMSNorm, SiLU-gated MLP.
+    projection, RMSNorm, the gate|up projection, SiLU gating, down projection.
 
-    Exactness: every op is the one the HF layer runs, on the same weights, shapes and
-    order (the norm's fp32 upcast, transformers' GQA packing of a single query), so hidden
-    states are bit-identical to the layers' own forward and tokens equal `generate`'s.
+    Exactness: the ops are the HF layer's own, in its order (the norm's fp32 upcast,
+    transformers' GQA packing of a single query). With F.linear projections (GPU, bf16,
+    or ONEDNN_CPU_PROJECTIONS off) hidden states are bit-identical to the layers' forward;
+    on CPU in fp32 the projections run through oneDNN (`_projection`), equal up to float
+    rounding.
 
     `build` returns None for what it does not recognise (other classes, non-SDPA
     attention, dynamic rope, hooks, attention dropout in training, ...): `sample` then
     runs the layers' own forward.
     """
 
-    def __init__(self, lm, kv: _PrefixKV, cos: torch.Tensor, sin: torch.Tensor):
+    def __init__(self, lm, kv: _PrefixKV, cos: torch.Tensor, sin: torch.Tensor, onednn: bool):
         self.kv, self.cos, self.sin = kv, cos, sin
-        self.layers = [
-            (layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
-            for layer in lm.layers[: lm.config.num_hidden_layers]
-        ]
-        self.norm = lm.norm
+        rows = kv.keys[0].shape[0]
         self.head_dim = lm.layers[0].self_attn.head_dim
+        self.layers = []
+        for layer in lm.layers[: lm.config.num_hidden_layers]:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon,
+                _projection([attn.q_proj, attn.k_proj, attn.v_proj], rows, onednn),
+                attn.q_proj.out_features // self.head_dim, attn.num_key_value_groups, attn.scaling,
+                _projection([attn.o_proj], rows, onednn),
+                layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon,
+                _projection([mlp.gate_proj, mlp.up_proj], rows, onednn), _projection([mlp.down_proj], rows, onednn),
+            ))
+        self.norm = (lm.norm.weight, lm.norm.variance_epsilon)
 
     @classmethod
     def build(cls, lm, kv: _PrefixKV, max_position: int, dtype: torch.dtype) -> _LlamaDecodeStep | None:
@@ -197,14 +245,15 @@ class _LlamaDecodeStep:
                     or any(type(m) is not torch.nn.Linear for m in linears)
                     or any(_hooked(m) for m in (layer, attn, mlp, mlp.act_fn, *norms, *linears))):
                 return None
+        device = kv.keys[0].device
         # The model's own rotary module over all positions: cos/sin are elementwise in the
         # position, so looking them up equals recomputing them each step.
-        positions = torch.arange(max_position + 1, device=kv.keys[0].device)[None]
-        cos, sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=positions.device), positions)
+        positions = torch.arange(max_position + 1, device=device)[None]
+        cos, sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=device), positions)
         # rotate_half(x) * sin == cat(x2, x1) * cat(-sin1, sin2): the sign moves exactly onto sin
         half = cos.shape[-1] // 2
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
-        return cls(lm, kv, cos[0], sin)
+        return cls(lm, kv, cos[0], sin, _use_onednn(device, dtype))
 
     def __call__(self, hidden: torch.Tensor, position: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """hidden (rows, H): embeddings of the new tokens, at `position` (rows,); returns the
@@ -212,26 +261,50 @@ class _LlamaDecodeStep:
         rows, d = hidden.shape[0], self.head_dim
         cos, sin = self.cos[position][:, None], self.sin[position][:, None]  # (rows, 1, head_dim)
         kv, t = self.kv, self.kv.length
-        for i, (norm_in, attn, norm_post, mlp) in enumerate(self.layers):
-            h = _rms_norm(hidden, norm_in.weight, norm_in.variance_epsilon)
-            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(rows, -1, d)
-            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(rows, -1, d)
-            q = q * cos + torch.cat([q[..., d // 2 :], q[..., : d // 2]], dim=-1) * sin
-            k = k * cos + torch.cat([k[..., d // 2 :], k[..., : d // 2]], dim=-1) * sin
-            kv.keys[i][:, :, t] = k
-            kv.values[i][:, :, t] = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(rows, -1, d)
+        for i, (w_in, eps_in, qkv, n_q, groups, scaling, o_proj, w_post, eps_post, gate_up,
+                down) in enumerate(self.layers):
+            q, k, v = qkv(_rms_norm(hidden, w_in, eps_in))
+            qk = torch.cat([q, k], dim=-1).view(rows, -1, d)  # (rows, q heads + kv heads, d): one rotary
+            qk = qk * cos + torch.cat([qk[..., d // 2 :], qk[..., : d // 2]], dim=-1) * sin
+            kv.keys[i][:, t] = qk[:, n_q:]
+            kv.values[i][:, t] = v.view(rows, -1, d)
             # a single query with a mask: transformers' SDPA path packs GQA groups as queries
-            groups = attn.num_key_value_groups
-            q = q.view(rows, -1, groups, d) if groups > 1 else q[:, :, None]
-            a = F.scaled_dot_product_attention(q, kv.keys[i][:, :, : t + 1], kv.values[i][:, :, : t + 1],
-                                               attn_mask=mask, scale=attn.scaling)
-            hidden = hidden + F.linear(a.reshape(rows, -1), attn.o_proj.weight, attn.o_proj.bias)
-            h = _rms_norm(hidden, norm_post.weight, norm_post.variance_epsilon)
-            gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-            h = F.silu(gate) * F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
-            hidden = hidden + F.linear(h, mlp.down_proj.weight, mlp.down_proj.bias)
+            q = qk[:, :n_q].view(rows, -1, groups, d) if groups > 1 else qk[:, :n_q, None]
+            a = F.scaled_dot_product_attention(q, *kv.prefix(i, t + 1), attn_mask=mask, scale=scaling)
+            hidden = hidden + o_proj(a.reshape(rows, -1))[0]
+            gate, up = gate_up(_rms_norm(hidden, w_post, eps_post))
+            hidden = hidden + down(F.silu(gate) * up)[0]
         kv.length = t + 1
-        return _rms_norm(hidden, self.norm.weight, self.norm.variance_epsilon)
+        return _rms_norm(hidden, *self.norm)
+
+
+def _image_token_io(model, rows: int, dtype: torch.dtype):
+    """(generation head: hidden -> image-token logits, embedding: image tokens -> the next
+    step's inputs), computed as Janus's modules compute them, with oneDNN projections on
+    CPU in fp32 (see `_projection`); elsewhere, or for modules it does not know, the
+    modules themselves."""
+    from transformers.models.janus import modeling_janus as janus
+
+    m = model.model
+    head, aligner = m.generation_head, m.generation_aligner
+    linears = (head.proj_out, head.vision_head, aligner.fc1, *aligner.hidden_layers)
+    if not (_use_onednn(head.proj_out.weight.device, dtype) and type(head) is janus.JanusVQVAEHead
+            and type(aligner) is janus.JanusVQVAEAlignerMLP and type(m.generation_embeddings) is torch.nn.Embedding
+            and all(type(x) is torch.nn.Linear for x in linears)
+            and not any(_hooked(x) for x in (head, aligner, m.generation_embeddings, *linears))):
+        return m.generation_head, model.prepare_embeddings_for_image_generation
+    proj_out, vision_head, *aligner_fcs = (_projection([x], rows, True) for x in linears)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        return vision_head(head.activation_fn(proj_out(hidden)[0]))[0]
+
+    def embed(tokens: torch.Tensor) -> torch.Tensor:
+        hidden = aligner_fcs[0](m.generation_embeddings(tokens))[0]
+        for fc in aligner_fcs[1:]:
+            hidden = fc(aligner.activation_fn(hidden))[0]
+        return hidden
+
+    return logits, embed
 
 
 def _generic_decode_step(lm, kv: _PrefixKV):
@@ -264,7 +337,7 @@ def _prefill(model, batch, kv: _PrefixKV) -> torch.Tensor:
     mask = _additive_mask(batch.attention_mask[first], L, embeds.dtype)
     hidden = _decoder_pass(lm, embeds, batch.position_ids[first], mask, distinct)
     for full, part in zip(kv.keys + kv.values, distinct.keys + distinct.values):
-        full[:, :, :L] = part[inverse]
+        full[:, :L] = part[inverse]
     kv.length = L
     return hidden[inverse]
 
@@ -294,11 +367,12 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
         ~keep[:, None, None, :].bool(), torch.finfo(dtype).min)
     position = batch.position_ids[:, -1]
     step = _LlamaDecodeStep.build(lm, kv, int(position.max()) + N, dtype) or _generic_decode_step(lm, kv)
+    head, embed = _image_token_io(model, 2 * B, dtype)
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
     tokens = torch.empty(B, N, dtype=torch.long, device=device)
     logprobs = torch.empty(B, N, dtype=torch.float32, device=device)
     for i in range(N):
-        scores = model.model.generation_head(hidden).float()
+        scores = head(hidden).float()
         logits = truncate(guided_logits(scores[:B], scores[B:], s), s)
         if i % _NOISE_BLOCK == 0:
             steps = min(_NOISE_BLOCK, N - i)
@@ -308,8 +382,7 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
         if i + 1 == N:
             break
         position = position + 1
-        step_embeds = model.prepare_embeddings_for_image_generation(tokens[:, i].repeat(2))
-        hidden = step(step_embeds, position, step_mask[..., : L + i + 1])
+        hidden = step(embed(tokens[:, i].repeat(2)), position, step_mask[..., : L + i + 1])
     return Rollout(tokens, logprobs, decode_tokens(policy, tokens) if decode else None)
 
 
