@@ -12,7 +12,8 @@ same quantities teacher-forced, with gradients, for the loss.
 Per-row seeds: each row draws from its own torch.Generator, so a row's sample does
 not depend on which other rows share its batch (or their padding), and a batch of
 one with seed s reproduces `generate(generation_mode="image")` after
-`torch.manual_seed(s)`.
+`torch.manual_seed(s)` (on CPU in fp32 up to float-rounding ties: the projections run
+through oneDNN there, see `_projection`; ONEDNN_CPU_PROJECTIONS = False makes it exact).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _hooked(module: torch.nn.Module) -> bool:
+    """Hooks or a patched forward: the module's forward does more than its weights say."""
     return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
 
 
@@ -174,7 +176,8 @@ def _projection(linears: list[torch.nn.Linear], rows: int, onednn: bool):
     these sizes on the AMD CPUs this project runs on. Same sums, accumulated in another
     order: results differ by float rounding (~1e-7 relative), so a sampled token can differ
     from F.linear's only where two candidates tie to that precision. Otherwise each output
-    is F.linear's, as the layer computes it."""
+    is F.linear's, a tensor of its own as in the layer (SiLU of a strided slice can round
+    differently)."""
     if not onednn:
         return lambda x: [F.linear(x, m.weight, m.bias) for m in linears]
     weight = torch.cat([m.weight for m in linears])
