@@ -194,6 +194,7 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 0
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vqmodel"))  # the VQ is frozen
     assert not cfg.checkpoints.exists()  # removed once the output is written
+    assert load_policy(cfg.out).num_image_tokens == 64  # a complete transformers checkpoint (tied weights too)
 
 
 def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):

@@ -72,12 +72,16 @@ class ImageTokenScorer(torch.nn.Module):
         return image_token_scores(self._policy, PromptBatch(input_ids, attention_mask, position_ids), tokens)
 
 
+def _zero3(accelerator: Accelerator) -> bool:
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
 @contextlib.contextmanager
 def full_parameters(accelerator: Accelerator, model: torch.nn.Module):
     """ZeRO-3 partitions parameters across processes, and rollouts run outside the engine's
     forward: gather them for the duration (as TRL does for generation). A no-op otherwise."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or plugin.zero_stage != 3:
+    if not _zero3(accelerator):
         yield
         return
     import deepspeed
@@ -255,7 +259,7 @@ def train(
 
     out = None
     accelerator.wait_for_everyone()
-    full_state = _model_state(accelerator, scorer)  # collective under ZeRO-3
+    full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
     if accelerator.is_main_process:
         out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
                                         "resumed_from": start, "totals": totals, "fingerprint": fingerprint,
@@ -369,7 +373,9 @@ def pair_grid(batch: list[ItemExperience]) -> Image.Image:
     return labeled_grid(rows)
 
 
-def save_policy(policy: Policy, cfg: GRPOConfig, state_dict: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:
+def save_policy(policy: Policy, cfg: GRPOConfig, state_dict: dict[str, torch.Tensor] | None, record: dict[str, Any]) -> Path:
+    """`state_dict` only under ZeRO-3 (the gathered weights); otherwise the live model saves itself
+    (transformers then handles tied weights, which an explicit state dict would drop)."""
     with atomic_directory(cfg.out) as tmp:
         policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         policy.tokenizer.save_pretrained(tmp)
