@@ -75,6 +75,37 @@ def test_transformers_directory(hf_dir, original):
     assert not policy.model.training
 
 
+def test_concurrent_loads_from_threads_all_succeed(tmp_path):
+    """Evaluation tasks load policies from parallel threads: transformers' from_pretrained
+    patches process-global state, which broke tied weights (lm_head "missing") before loads
+    were serialised."""
+    import threading
+
+    from transformers import JanusForConditionalGeneration
+
+    from focusdiff.model.configs import VQTrainConfig
+    from focusdiff.model.shapes_model import build_config, build_tokenizer
+    from focusdiff.model.vq import vq_config
+
+    tok = build_tokenizer()
+    JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=1)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    errors = []
+
+    def load():
+        try:
+            load_policy(tmp_path)
+        except Exception as exc:  # collected: the assertion below shows them
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_dtype_and_device(hf_dir, original):
     policy = load_policy(hf_dir, dtype=torch.bfloat16, device="cpu")
     assert {p.dtype for p in policy.model.parameters()} == {torch.bfloat16}

@@ -38,6 +38,7 @@ import hashlib
 import os
 import pickle
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,20 +130,24 @@ def _load_directory(
 # --------------------------------------------------------------------------------------
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_model(directory: Path, dtype: torch.dtype):
     from transformers import JanusForConditionalGeneration
 
     files = weight_files(directory)  # a clear error for a missing weights file or shard, before transformers'
     try:
-        model, info = JanusForConditionalGeneration.from_pretrained(
-            directory,
-            dtype=dtype,
-            weights_only=True,
-            # mismatched tensors are reported in `info` instead of raised without their names
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            local_files_only=True,
-        )
+        with _LOAD_LOCK:  # from_pretrained patches process-global torch state: concurrent loads broke weight tying
+            model, info = JanusForConditionalGeneration.from_pretrained(
+                directory,
+                dtype=dtype,
+                weights_only=True,
+                # mismatched tensors are reported in `info` instead of raised without their names
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                local_files_only=True,
+            )
     except pickle.UnpicklingError as e:
         raise unpickling_refused(files[0] if len(files) == 1 else directory, e) from e
     except Exception as e:  # corrupt files surface as many exception types; keep the cause
