@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from focusdiff.errors import ConfigError
 from focusdiff.eval.configs import EvalConfig
+from focusdiff.judge.configs import ShapesJudgeConfig
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.registry.gate import GateConfig
 from focusdiff.shapes.world import COLORS, SHAPES
@@ -95,6 +96,7 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     data: DataConfig
     bootstrap: BootstrapConfig
+    judge: ShapesJudgeConfig = ShapesJudgeConfig()
     train: GRPOConfig = GRPOConfig()
     evaluate: EvalConfig = EvalConfig()
     promote: GateConfig = GateConfig()

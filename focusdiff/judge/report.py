@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from focusdiff.judge.base import Judge
 from focusdiff.judge.exact import ExactJudge
@@ -137,17 +139,42 @@ def _calibration(scores: np.ndarray, exact_yes: np.ndarray, labels: np.ndarray) 
     )
 
 
-def calibration_report(
-    judge: Judge, pairs_per_category: int = 50, seed: int = DEFAULT_SEED, canvas: int = 32
-) -> CalibrationReport:
-    """Measure `judge` against the labels and the exact checker; JudgeFailure propagates."""
-    if pairs_per_category < 1:
-        raise ValueError(f"pairs_per_category must be >= 1, got {pairs_per_category}")
-    items = calibration_items(pairs_per_category, seed, canvas)
+def dataset_items(root: str | Path, split: str = "test") -> _Items:
+    """Four items per pair of a dataset split, as `calibration_items` (ground-truth images
+    from disk); a pair without both images cannot be used and is an error naming its row."""
+    from focusdiff.data.schema import load_dataset
+    from focusdiff.errors import DataError
+
+    dataset = load_dataset(root)
+    images, prompts, labels, categories = [], [], [], []
+    for pair in dataset.pairs:
+        if pair.split != split:
+            continue
+        if pair.image1 is None or pair.image2 is None:
+            missing = "image2" if pair.image1 else "image1"
+            raise DataError(f"pair {pair.id!r} has no {missing}: a calibration pair needs both images",
+                            file=Path(root) / "pairs.jsonl", field=missing)
+        sides = ((pair.image1, pair.prompt1, pair.prompt2), (pair.image2, pair.prompt2, pair.prompt1))
+        for rel, own, partner in sides:
+            with Image.open(Path(root) / rel) as im:
+                image = np.asarray(im.convert("RGB"))
+            for prompt, label in ((own, 1), (partner, 0)):
+                images.append(image)
+                prompts.append(prompt)
+                labels.append(label)
+                categories.append(pair.category or "uncategorized")
+    if not images:
+        raise DataError(f"no {split} pairs to calibrate on", file=Path(root) / "pairs.jsonl")
+    return _Items(images, prompts, np.array(labels), np.array(categories))
+
+
+def calibrate(judge: Judge, items: _Items, pairs_per_category: int = 0, seed: int = -1, canvas: int = 32) -> CalibrationReport:
+    """Measure `judge` on `items` against their labels and the exact checker; JudgeFailure propagates."""
     scores = np.array(judge.scores(items.images, items.prompts))
     exact_yes = np.array(ExactJudge().scores(items.images, items.prompts)) > 0.5
     by_category = {}
-    for category in CATEGORY_ORDER:
+    for category in [c for c in CATEGORY_ORDER if c in set(items.categories)] + sorted(
+            set(items.categories) - set(CATEGORY_ORDER)):
         mask = items.categories == category
         by_category[category] = _calibration(scores[mask], exact_yes[mask], items.labels[mask])
     return CalibrationReport(
@@ -158,3 +185,12 @@ def calibration_report(
         overall=_calibration(scores, exact_yes, items.labels),
         by_category=by_category,
     )
+
+
+def calibration_report(
+    judge: Judge, pairs_per_category: int = 50, seed: int = DEFAULT_SEED, canvas: int = 32
+) -> CalibrationReport:
+    """Measure `judge` on freshly sampled held-out pairs; JudgeFailure propagates."""
+    if pairs_per_category < 1:
+        raise ValueError(f"pairs_per_category must be >= 1, got {pairs_per_category}")
+    return calibrate(judge, calibration_items(pairs_per_category, seed, canvas), pairs_per_category, seed, canvas)

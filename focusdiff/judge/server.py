@@ -60,12 +60,19 @@ def _hf(model: str | None) -> Judge:
     return HFJudge(model)
 
 
+def _shapes(model: str | None) -> Judge:
+    from focusdiff.judge.configs import ShapesJudgeConfig
+    from focusdiff.judge.shapes_judge import ShapesJudge
+
+    return ShapesJudge(model or ShapesJudgeConfig.model_fields["out"].default)  # the judge stage's output
+
+
 # Backends `focusdiff judge serve --backend` can start: name -> factory(model path or None).
-BACKENDS: dict[str, Callable[[str | None], Judge]] = {"exact": _exact, "hf": _hf}
+BACKENDS: dict[str, Callable[[str | None], Judge]] = {"exact": _exact, "shapes": _shapes, "hf": _hf}
 
 
 def make_backend(name: str, model: str | None = None) -> Judge:
-    """The judge `name`; `model` is the checkpoint for backends that load one (hf)."""
+    """The judge `name`; `model` is the checkpoint for backends that load one (shapes, hf)."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown judge backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
     return BACKENDS[name](model)

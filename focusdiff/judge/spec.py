@@ -15,7 +15,7 @@ class JudgeSpec(BaseModel):
 
     backend: Literal["exact", "shapes", "hf", "openai"] = Field(
         "shapes", description="exact checker | learned ShapesWorld judge | in-process VLM | OpenAI-compatible server")
-    model: str | None = Field(None, description="checkpoint dir or hub id (shapes, hf); served model name (openai)")
+    model: str | None = Field(None, description="checkpoint dir or hub id (hf); the judge stage's output (shapes, default models/shapes-judge); served model name (openai)")
     base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (never the key)")
     max_concurrency: int = Field(8, ge=1)
