@@ -6,6 +6,8 @@ functions. Errors the user can fix are printed as one clear message (exit 2).
 
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -341,6 +343,7 @@ def promote_cmd(
     params: ParamsOpt = Path("params.yaml"),
     version: Annotated[str, typer.Option(help="the challenger: a version number or an alias")] = "challenger",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the decision without writing it")] = False,
+    record: Annotated[Optional[Path], typer.Option(help="also write the decision to this JSON file (DVC metrics)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of promote.*")] = None,
 ) -> None:
     """The promotion gate: move the `champion` alias to the challenger only if PairComp s_g wins
@@ -352,6 +355,11 @@ def promote_cmd(
     console.print(("[dry run] " if dry_run else "") + decision.summary(), highlight=False)
     for key, value in decision.numbers.items():
         console.print(f"  {key}: {value}")
+    if record is not None:
+        from focusdiff.io import atomic_write_json
+
+        atomic_write_json(record, {"promote": decision.promote, "dry_run": dry_run, "reasons": decision.reasons,
+                                   "numbers": json.loads(json.dumps(decision.numbers, default=str))})
 
 
 @app.command("convert")
@@ -383,10 +391,27 @@ def pipeline(
     console.print(table)
 
 
-JudgeBackendOpt = Annotated[str, typer.Option(help="judge backend (known: exact, hf)")]
+JudgeBackendOpt = Annotated[str, typer.Option(help="judge backend (known: exact, shapes, hf)")]
 JudgeModelOpt = Annotated[
-    Optional[str], typer.Option(help="checkpoint directory or hub id, for backends that load a model (hf)")
+    Optional[str], typer.Option(help="checkpoint directory or hub id, for backends that load a model "
+                                     "(hf; shapes: default models/shapes-judge)")
 ]
+
+
+@judge_app.command("train")
+def judge_train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+) -> None:
+    """Train the ShapesWorld reward judge; writes judge.out if it agrees with the exact checker on the test pairs."""
+    from focusdiff.judge.stage import run_judge_stage
+
+    result = run_judge_stage(_params(params, set_))
+    m = result.metrics
+    console.print(f"shapes judge: {m['judge.test.agreement']:.2%} agreement with the exact checker on "
+                  f"{m['judge.test.items']:.0f} test items (AUROC {m['judge.test.auroc']:.4f}), trained in "
+                  f"{m['judge.train_seconds']:.0f} s; wrote {result.out}")
+    console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
 @judge_app.command("serve")
@@ -410,15 +435,22 @@ def judge_report(
     pairs_per_category: Annotated[int, typer.Option(min=1, help="held-out ShapesWorld pairs per category")] = 50,
     seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: judge.report.DEFAULT_SEED)")] = None,
     canvas: int = 32,
+    data: Annotated[Optional[Path], typer.Option(help="calibrate on this dataset's pairs instead of sampled ones")] = None,
+    split: Annotated[str, typer.Option(help="with --data: the split")] = "test",
 ) -> None:
     """Calibrate a judge on held-out ShapesWorld pairs: accuracy, AUROC, agreement with the exact checker."""
-    from focusdiff.judge.report import DEFAULT_SEED, calibration_report
+    from focusdiff.judge.report import DEFAULT_SEED, calibrate, calibration_report, dataset_items
     from focusdiff.judge.server import make_backend
 
-    seed = DEFAULT_SEED if seed is None else seed
-    report = calibration_report(make_backend(backend, model), pairs_per_category, seed, canvas)
-    title = (f"judge {backend}{f' ({model})' if model else ''}: {pairs_per_category} pairs x "
-             f"{len(report.by_category)} categories x 4 items, {canvas}px, seed {seed}")
+    judge = make_backend(backend, model)
+    if data is not None:
+        report = calibrate(judge, dataset_items(data, split), canvas=canvas)
+        source = f"{data} ({split} split) x 4 items"
+    else:
+        seed = DEFAULT_SEED if seed is None else seed
+        report = calibration_report(judge, pairs_per_category, seed, canvas)
+        source = f"{pairs_per_category} pairs x {len(report.by_category)} categories x 4 items, {canvas}px, seed {seed}"
+    title = f"judge {backend}{f' ({model})' if model else ''}: {source}"
     table = Table(title=title)
     table.add_column("category")
     for col in ("items", "accuracy", "AUROC", "agrees with exact"):

@@ -78,7 +78,7 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     _evaluate(first, tracking, tmp_path, g=0.40)
     decision = promote(gate, tracking)
     assert decision.promote and str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "1"
-    assert client.get_model_version("focusdiff-test", "1").tags["promotion.decision"] == "promoted"
+    assert client.get_model_version("focusdiff-test", "1").tags["gate.decision"] == "promoted"
     again = promote(gate, tracking)  # idempotent
     assert not again.promote and again.reasons == ["version 1 is already the champion"]
 
@@ -91,7 +91,7 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     decision = promote(gate, tracking)
     assert not decision.promote and "dpg_bench evaluation is failed: judge unavailable" in decision.reasons
     v2 = client.get_model_version("focusdiff-test", "2")
-    assert v2.tags["promotion.decision"] == "rejected" and "dpg_bench evaluation is failed" in v2.tags["promotion.reasons"]
+    assert v2.tags["gate.decision"] == "rejected" and "dpg_bench evaluation is failed" in v2.tags["gate.reason"]
     assert "Promotion gate: KEEP CHAMPION" in v2.description
     assert str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "1"
 

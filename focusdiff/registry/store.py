@@ -136,11 +136,11 @@ def promote(gate: GateConfig, tracking: TrackingConfig, challenger: str = CHALLE
     if dry_run:
         return decision
     v = str(candidate.version)
-    client.set_model_version_tag(name, v, "promotion.decision", "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(name, v, "promotion.compared_with", str(current.version) if current else "none")
-    client.set_model_version_tag(name, v, "promotion.reasons", " | ".join(decision.reasons)[:4900])
-    client.set_model_version_tag(name, v, "promotion.numbers", json.dumps(decision.numbers, default=str)[:4900])
-    client.set_model_version_tag(name, v, "promotion.at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    client.set_model_version_tag(name, v, "gate.decision", "promoted" if decision.promote else "rejected")
+    client.set_model_version_tag(name, v, "gate.compared_with", str(current.version) if current else "none")
+    client.set_model_version_tag(name, v, "gate.reason", " | ".join(decision.reasons)[:4900])
+    client.set_model_version_tag(name, v, "gate.numbers", json.dumps(decision.numbers, default=str)[:4900])
+    client.set_model_version_tag(name, v, "gate.at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     card = model_card(name, dict(candidate.tags))
     client.update_model_version(name, v, description=f"{card}\n\nPromotion gate: {decision.summary()}")
     if decision.promote:
