@@ -17,7 +17,7 @@ class ShapesJudgeConfig(BaseModel):
 
     # the model
     width: int = Field(128, ge=16, multiple_of=8, description="transformer width")
-    layers: int = Field(3, ge=1, description="transformer encoder layers over [CLS] + words + background + regions")
+    layers: int = Field(2, ge=1, description="transformer encoder layers over [CLS] + words + background + regions")
     heads: int = Field(4, ge=1)
     max_words: int = Field(32, ge=8, description="longest caption, in words (longer ones are a judge failure)")
     max_objects: int = Field(10, ge=1, description="largest regions read per image (more are dropped, smallest first)")
@@ -30,6 +30,10 @@ class ShapesJudgeConfig(BaseModel):
     pairs_per_step: int = Field(32, ge=1, description="fresh train-distribution pairs per step (4 items each)")
     random_negatives: float = Field(
         0.25, ge=0, le=1, description="share of images also asked another pair's caption (labelled by the scene)")
+    attribute_weight: float = Field(
+        0.5, ge=0, description="weight of the auxiliary loss naming each region's shape, color, size, glyph")
+    grounding_weight: float = Field(
+        0.5, ge=0, description="weight of the auxiliary loss binding each region to the caption's groups")
     augment: float = Field(0.5, ge=0, le=1, description="share of images given a VQ-like perturbation")
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(60, ge=0)

@@ -28,6 +28,16 @@ pair. Every label is read from the scene spec by the caption grammar, never
 guessed. Half of the images get a VQ-like perturbation, because the judge scores
 the policy's VQ decodes.
 
+Two auxiliary losses make the minutes count. Regions learn to name themselves: an auxiliary head predicts each region's shape,
+color, size and glyph from its encoding, with targets from the scene spec (the object
+whose centre is nearest), as detector features in VQA are pre-trained on attributes.
+And each region, read together with the caption, predicts which of the caption's groups its
+object belongs to (grounding, as MDETR-style VQA models are supervised). The answer head
+reads [CLS] together with what that grounding implies: the offset between the soft
+centres of group 1 and group 2, and their soft counts. Without this path the relations
+("over", "left of") stayed at chance after 900 steps while every other category passed
+88%.
+
 A caption with a word the judge has never seen, or longer than `max_words`, is a
 judge failure for that item (never a score).
 """
@@ -61,7 +71,7 @@ from focusdiff.shapes.generate import CATEGORY_ORDER, LayoutError, ShapesSampler
 from focusdiff.shapes.grammar import caption, clauses, evaluate, parse_caption
 from focusdiff.shapes.perturb import PERTURBATIONS
 from focusdiff.shapes.render import render
-from focusdiff.shapes.world import Scene
+from focusdiff.shapes.world import COLORS, SHAPES, SIZES, Obj, Scene
 
 # Lower-case words, single glyph characters (upper case or digit), and punctuation.
 _WORD_RE = re.compile(r"[a-z]+|[A-Z0-9]|[^\sa-zA-Z0-9]")
@@ -93,6 +103,10 @@ def scene_says_yes(scene: Scene, caption: str) -> bool:
     """Ground truth from the scene spec: every clause of the caption holds in the scene."""
     return all(evaluate(c, scene) for c in clauses(parse_caption(caption)))
 
+
+# What the auxiliary head names for every region (targets from the scene spec).
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "glyph": GLYPH_CHARS}
+IGNORE = -100  # no target (a region that is no object of the scene, or an attribute it has not)
 
 GEOMETRY = 8  # mean R, G, B, area, centre x, centre y, box width, box height (all in [0, 1])
 
@@ -179,18 +193,34 @@ class JudgeNet(nn.Module):
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, 2)
+        # The answer reads [CLS] and what the grounding found: where group 1 and group 2 are
+        # relative to each other (soft centres) and how many of each there are (soft counts).
+        self.relation = nn.Sequential(nn.Linear(4, width), nn.GELU(), nn.Linear(width, width))
+        self.head = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 2))
+        self.attributes = nn.Linear(width, sum(len(v) for v in ATTRIBUTES.values()))  # training only
+        self.grounding = nn.Linear(width, 3)  # a region is in the caption's group 1, group 2, or neither
 
-    def forward(self, regions: RegionBatch, image_index: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_regions(self, regions: RegionBatch) -> torch.Tensor:
+        return self.region_cnn(regions.crops) + self.region_geometry(regions.geometry)
+
+    def attribute_logits(self, encoded: torch.Tensor) -> list[torch.Tensor]:
+        """Per attribute (shape, color, size, glyph): logits over its values, (R, n_values)."""
+        return list(torch.split(self.attributes(encoded), [len(v) for v in ATTRIBUTES.values()], dim=-1))
+
+    def forward(self, regions: RegionBatch, image_index: torch.Tensor, tokens: torch.Tensor,
+                encoded: torch.Tensor | None = None, with_grounding: bool = False):
         """image_index (B,) picks each item's image, so an image asked several captions is
-        encoded once; tokens (B, L) start with [CLS], 0 is padding."""
+        encoded once; tokens (B, L) start with [CLS], 0 is padding; `encoded` reuses
+        `encode_regions(regions)` when the caller has it."""
         n_images, k = len(regions.background), regions.max_objects
-        width = self.head.in_features
+        width = self.norm.normalized_shape[0]
         slots = torch.zeros(n_images * k, width)
+        centres = torch.zeros(n_images * k, 2)
         present = torch.zeros(n_images * k, dtype=torch.bool)
         if len(regions.slots):
-            encoded = self.region_cnn(regions.crops) + self.region_geometry(regions.geometry)
+            encoded = self.encode_regions(regions) if encoded is None else encoded
             slots = slots.index_copy(0, regions.slots, encoded)
+            centres = centres.index_copy(0, regions.slots, regions.geometry[:, 4:6])
             present[regions.slots] = True
         slots = slots.view(n_images, k, width) + self.kind.weight[2]
         background = (self.background(regions.background) + self.kind.weight[1])[:, None]
@@ -199,8 +229,18 @@ class JudgeNet(nn.Module):
         text = self.word(tokens) + self.word_pos[:, : tokens.shape[1]] + self.kind.weight[0]
         x = torch.cat([text, image], dim=1)
         pad = torch.cat([tokens == 0, image_pad[image_index]], dim=1)
-        x = self.encoder(x, src_key_padding_mask=pad)
-        return self.head(self.norm(x[:, 0]))
+        x = self.norm(self.encoder(x, src_key_padding_mask=pad))
+        grounding = self.grounding(x[:, tokens.shape[1] + 1:])  # (B, K, 3) over the region slots
+        p = torch.softmax(grounding, dim=-1) * present.view(n_images, k)[image_index, :, None]
+        xy = centres.view(n_images, k, 2)[image_index]
+        w1, w2 = p[..., 1:2], p[..., 2:3]
+        c1 = (w1 * xy).sum(1) / (w1.sum(1) + 1e-3)
+        c2 = (w2 * xy).sum(1) / (w2.sum(1) + 1e-3)
+        relation = self.relation(torch.cat([c1 - c2, w1.sum(1), w2.sum(1)], dim=-1))
+        logits = self.head(torch.cat([x[:, 0], relation], dim=-1))
+        if with_grounding:  # (B, K, 3) over the region slots (after [words, background])
+            return logits, grounding
+        return logits
 
 
 class Vocabulary:
@@ -241,7 +281,7 @@ class ItemStream:
         self.sampler = ShapesSampler(canvas, self.rng, holdout)
         self.perturbations = list(PERTURBATIONS.values())
 
-    def batch(self) -> tuple[list[np.ndarray], list[int], list[str], list[int]]:
+    def batch(self) -> tuple[list[Scene], list[np.ndarray], list[int], list[str], list[int]]:
         cfg, rng = self.cfg, self.rng
         pairs = [self.sampler.pair(CATEGORY_ORDER[i % len(CATEGORY_ORDER)]) for i in range(cfg.pairs_per_step)]
         scenes = [s for p in pairs for s in (p.scene1, p.scene2)]
@@ -264,7 +304,7 @@ class ItemStream:
                 index.append(i)
                 captions.append(c)
                 labels.append(int(scene_says_yes(scene, c)))
-        return images, index, captions, labels
+        return scenes, images, index, captions, labels
 
 
 ARCH_FIELDS = ("width", "layers", "heads", "max_words", "max_objects", "crop", "fg_threshold", "min_area")
@@ -272,6 +312,53 @@ ARCH_FIELDS = ("width", "layers", "heads", "max_words", "max_objects", "crop", "
 
 def regions_of(image: np.ndarray, arch: dict) -> Regions:
     return find_regions(image, arch["max_objects"], arch["crop"], arch["fg_threshold"], arch["min_area"])
+
+
+def region_objects(scene: Scene, regions: Regions) -> list[Obj | None]:
+    """The scene object behind each region: the one whose centre is nearest the region's,
+    if within the object's own reach (a speck of noise, or a glyph, is no object)."""
+    canvas = scene.canvas
+    out: list[Obj | None] = []
+    for g in regions.geometry:
+        cx, cy = g[4] * canvas, g[5] * canvas
+        best, found = None, None
+        for o in scene.objects:
+            d = float(np.hypot(o.x + 0.5 - cx, o.y + 0.5 - cy))
+            reach = 0.22 * canvas if o.size == "small" else 0.4 * canvas
+            if d <= reach and (best is None or d < best):
+                best, found = d, o
+        out.append(found)
+    return out
+
+
+def grounding_targets(scene: Scene, regions: Regions, caption_text: str, max_objects: int) -> list[int]:
+    """Per region slot: which group of the caption the region's object belongs to (1 or 2),
+    0 for none, IGNORE for empty slots and glyph scenes. Supervises the binding of words to
+    regions, the step relations and counts are read through."""
+    out = [IGNORE] * max_objects
+    if scene.glyph is not None:
+        return out
+    groups = parse_caption(caption_text).groups
+    for slot, obj in enumerate(region_objects(scene, regions)):
+        out[slot] = 0 if obj is None else next((i + 1 for i, g in enumerate(groups) if g.matches(obj)), 0)
+    return out
+
+
+def region_targets(scene: Scene, regions: Regions) -> list[list[int]]:
+    """For each region: (shape, color, size, glyph) indices of what the scene put there, or IGNORE.
+    A glyph scene's regions are all the glyph; otherwise the object whose centre is nearest
+    the region's, if within the object's own size (a speck of noise names nothing)."""
+    out = []
+    for obj in (region_objects(scene, regions) if scene.glyph is None else [None] * len(regions.geometry)):
+        if scene.glyph is not None:
+            color = ATTRIBUTES["color"].index(scene.glyph_color) if scene.glyph_color in COLORS else IGNORE
+            out.append([IGNORE, color, IGNORE, GLYPH_CHARS.index(scene.glyph)])
+            continue
+        target = [IGNORE] * 4
+        if obj is not None:
+            target = [SHAPES.index(obj.shape), ATTRIBUTES["color"].index(obj.color), SIZES.index(obj.size), IGNORE]
+        out.append(target)
+    return out
 
 
 def new_model(arch: dict, vocab_size: int) -> JudgeNet:
@@ -302,18 +389,31 @@ def train_judge(
         lr = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
-        images, index, captions, labels = stream.batch()
-        regions = batch_regions([regions_of(im, arch) for im in images], cfg.max_objects)
-        logits = model(regions, torch.tensor(index), vocab.batch(captions))
+        scenes, images, index, captions, labels = stream.batch()
+        found = [regions_of(im, arch) for im in images]
+        regions = batch_regions(found, cfg.max_objects)
+        encoded = model.encode_regions(regions) if len(regions.slots) else None
+        logits, grounding = model(regions, torch.tensor(index), vocab.batch(captions), encoded, with_grounding=True)
         y = torch.tensor(labels)
-        loss = F.cross_entropy(logits, y)
+        loss = answer_loss = F.cross_entropy(logits, y)
+        if cfg.grounding_weight > 0:
+            g = torch.tensor([grounding_targets(scenes[i], found[i], c, cfg.max_objects) for i, c in zip(index, captions)])
+            if (g != IGNORE).any():
+                loss = loss + cfg.grounding_weight * F.cross_entropy(grounding.reshape(-1, 3), g.reshape(-1),
+                                                                     ignore_index=IGNORE)
+        if encoded is not None and cfg.attribute_weight > 0:
+            targets = torch.tensor([t for scene, r in zip(scenes, found) for t in region_targets(scene, r)])
+            for column, attribute_logits in enumerate(model.attribute_logits(encoded)):
+                if (targets[:, column] != IGNORE).any():
+                    loss = loss + cfg.attribute_weight * F.cross_entropy(attribute_logits, targets[:, column],
+                                                                         ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % cfg.log_every == 0 or step + 1 == cfg.steps:
             acc = float((logits.argmax(-1) == y).float().mean())
-            log({"judge/loss": loss.item(), "judge/train_accuracy": acc, "judge/lr": lr,
+            log({"judge/loss": loss.item(), "judge/answer_loss": answer_loss.item(), "judge/train_accuracy": acc, "judge/lr": lr,
                  "judge/items_per_s": (step + 1) * len(labels) / (time.perf_counter() - t0)}, step)
     model.eval()
     return model, vocab, time.perf_counter() - t0
