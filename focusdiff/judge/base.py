@@ -146,3 +146,35 @@ class Judge(ABC):
 
     def scores(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[float]:
         return [v.score for v in self.judge(images, prompts)]
+
+
+def item_failure(index: int, prompt: str, exc: BaseException) -> ItemFailure:
+    return ItemFailure(index, prompt, f"{type(exc).__name__}: {exc}")
+
+
+class BatchedJudge(Judge):
+    """A judge that scores items in batches of `batch_size` in a worker thread (a model's
+    forward pass), so the event loop is never blocked. Subclasses implement `_judge_batch`,
+    which returns a Verdict or an ItemFailure per index: a bad item fails alone."""
+
+    batch_size: int = 8
+
+    @abstractmethod
+    def _judge_batch(self, indices: range, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[Verdict | ItemFailure]:
+        """One outcome per index, in order."""
+
+    async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
+        return (await self.ajudge([image], [prompt]))[0]
+
+    async def ajudge(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[Verdict]:
+        """Verdicts in input order, `batch_size` items per batch, off the event loop."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        outcomes: list[Verdict | ItemFailure] = []
+        for start in range(0, len(images), self.batch_size):
+            stop = min(start + self.batch_size, len(images))
+            outcomes += await asyncio.to_thread(self._judge_batch, range(start, stop), images, prompts)
+        failures = [o for o in outcomes if isinstance(o, ItemFailure)]
+        if failures:
+            raise JudgeFailure(self.name, failures, [None if isinstance(o, ItemFailure) else o for o in outcomes])
+        return outcomes  # type: ignore[return-value]

@@ -27,7 +27,6 @@ Failures follow the base policy: an item that cannot be judged is an
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import threading
 from collections.abc import Sequence
@@ -38,11 +37,11 @@ import torch
 from PIL import Image
 
 from focusdiff.errors import ConfigError
-from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, to_rgb
+from focusdiff.judge.base import BatchedJudge, ImageLike, ItemFailure, Verdict, item_failure, to_rgb
 from focusdiff.judge.openai_judge import _NO, _YES, normalize_token
 
 
-class HFJudge(Judge):
+class HFJudge(BatchedJudge):
     """P(yes)/(P(yes)+P(no)) from a transformers image-text-to-text model, in process.
 
     `model` is a local checkpoint directory or a hub id. `dtype` is passed to
@@ -87,25 +86,6 @@ class HFJudge(Judge):
         )
         self._lock = threading.Lock()
 
-    # -- the Judge interface --------------------------------------------------- #
-
-    async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
-        [(p_yes, p_no)] = await asyncio.to_thread(self.answer_probabilities, [to_rgb(image)], [prompt])
-        return Verdict(p_yes=p_yes, p_no=p_no)
-
-    async def ajudge(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[Verdict]:
-        """Verdicts in input order, `batch_size` items per forward pass, off the event loop."""
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        outcomes: list[Verdict | ItemFailure] = []
-        for start in range(0, len(images), self.batch_size):
-            stop = min(start + self.batch_size, len(images))
-            outcomes += await asyncio.to_thread(self._judge_batch, range(start, stop), images, prompts)
-        failures = [o for o in outcomes if isinstance(o, ItemFailure)]
-        if failures:
-            raise JudgeFailure(self.name, failures, [None if isinstance(o, ItemFailure) else o for o in outcomes])
-        return outcomes  # type: ignore[return-value]
-
     # -- batches ---------------------------------------------------------------- #
 
     def _judge_batch(
@@ -118,18 +98,18 @@ class HFJudge(Judge):
             try:
                 ready[i] = to_rgb(images[i])
             except Exception as exc:
-                outcomes[i] = _failure(i, prompts[i], exc)
+                outcomes[i] = item_failure(i, prompts[i], exc)
         if ready:
             try:
                 probs = self.answer_probabilities(list(ready.values()), [prompts[i] for i in ready])
             except Exception as exc:  # e.g. out of memory, a prompt the processor rejects
                 probs = None
-                outcomes.update({i: _failure(i, prompts[i], exc) for i in ready})
+                outcomes.update({i: item_failure(i, prompts[i], exc) for i in ready})
             for i, (p_yes, p_no) in zip(ready, probs or []):
                 try:
                     outcomes[i] = Verdict(p_yes=p_yes, p_no=p_no)
                 except ValueError as exc:  # e.g. yes and no both underflowed to 0
-                    outcomes[i] = _failure(i, prompts[i], exc)
+                    outcomes[i] = item_failure(i, prompts[i], exc)
         return [outcomes[i] for i in indices]
 
     def answer_probabilities(self, images: list[Image.Image], prompts: list[str]) -> list[tuple[float, float]]:
@@ -221,10 +201,6 @@ def _output_vocab_size(model: Any) -> int | None:
     head = model.get_output_embeddings()
     weight = getattr(head, "weight", None)
     return int(weight.shape[0]) if weight is not None else None
-
-
-def _failure(index: int, prompt: str, exc: BaseException) -> ItemFailure:
-    return ItemFailure(index, prompt, f"{type(exc).__name__}: {exc}")
 
 
 def _looks_like_a_path(name: str) -> bool:

@@ -44,7 +44,6 @@ judge failure for that item (never a score).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
@@ -63,7 +62,7 @@ from torch import nn
 
 from focusdiff.errors import ConfigError
 from focusdiff.io import atomic_write_json
-from focusdiff.judge.base import ImageLike, ItemFailure, Judge, JudgeFailure, Verdict, to_rgb
+from focusdiff.judge.base import BatchedJudge, ImageLike, ItemFailure, Verdict, item_failure, to_rgb
 from focusdiff.judge.configs import ShapesJudgeConfig
 from focusdiff.model.schedule import warmup_cosine
 from focusdiff.shapes.font import GLYPH_CHARS
@@ -460,7 +459,7 @@ def load_judge_net(directory: str | Path) -> tuple[JudgeNet, Vocabulary, dict]:
     return net.eval(), Vocabulary(itos, config["max_words"]), config
 
 
-class ShapesJudge(Judge):
+class ShapesJudge(BatchedJudge):
     """P(yes)/(P(yes)+P(no)) from the learned ShapesWorld judge, batched off the event loop."""
 
     name = "shapes"
@@ -472,21 +471,6 @@ class ShapesJudge(Judge):
         self.canvas = int(self.config["canvas"])
         self.batch_size = batch_size
         self._lock = threading.Lock()
-
-    async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
-        return (await self.ajudge([image], [prompt]))[0]
-
-    async def ajudge(self, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[Verdict]:
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-        outcomes: list[Verdict | ItemFailure] = []
-        for start in range(0, len(images), self.batch_size):
-            stop = min(start + self.batch_size, len(images))
-            outcomes += await asyncio.to_thread(self._judge_batch, range(start, stop), images, prompts)
-        failures = [o for o in outcomes if isinstance(o, ItemFailure)]
-        if failures:
-            raise JudgeFailure(self.name, failures, [None if isinstance(o, ItemFailure) else o for o in outcomes])
-        return outcomes  # type: ignore[return-value]
 
     def _judge_batch(self, indices: range, images: Sequence[ImageLike], prompts: Sequence[str]) -> list[Verdict | ItemFailure]:
         """A bad image or an unreadable caption fails only its own item."""
@@ -500,7 +484,7 @@ class ShapesJudge(Judge):
                                      f"{self.canvas}x{self.canvas} ShapesWorld images")
                 ready[i] = (regions_of(array, self.config), self.vocab.encode(prompts[i]))
             except Exception as exc:
-                outcomes[i] = ItemFailure(i, prompts[i], f"{type(exc).__name__}: {exc}")
+                outcomes[i] = item_failure(i, prompts[i], exc)
         if ready:
             order = list(ready)
             tokens = torch.zeros(len(order), max(len(ready[i][1]) for i in order), dtype=torch.long)
