@@ -1,10 +1,13 @@
-"""The `focusdiff-pipeline` flow: data -> bootstrap -> (judge -> train -> register ->
-evaluate x4 -> gate, as those stages land).
+"""The `focusdiff-pipeline` flow: data -> bootstrap -> judge -> train (registers the policy)
+-> evaluate x4 (results on the registered version) -> promote (the gate).
 
 The flow opens one MLflow run for the pipeline; every stage's run is its child
 and carries the Prefect flow-run id, and the pipeline run links back to the flow
 run. Stages that produce versioned outputs run through `dvc repro <stage>`, so
 `dvc repro`, the flow and the CLI share one lock file, one cache and one result.
+The four benchmarks run one after another: DVC holds one lock per repository, and on
+the embedded default each takes a minute. (A cluster evaluates a registered version
+with the `focusdiff-evaluate` flow, whose benchmarks run as parallel tasks.)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from prefect import flow, get_run_logger, task
 
 from focusdiff.config import load_params
 from focusdiff.data.stage import log_dataset_summary
+from focusdiff.eval.stage import BENCHMARKS
 from focusdiff.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, StageRun, prefect_flow_run_id
 from focusdiff.versioning import default_remote, output_version, push, repro
 
@@ -44,17 +48,37 @@ def version_data(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     return {"out": str(params.data.out), "version": version}
 
 
-@task(name="data: push to DVC remote", retries=_PUSH_RETRIES, retry_delay_seconds=[2, 10, 30])
-def push_data(project_dir: str) -> str | None:
+@task(name="dvc: push to remote", retries=_PUSH_RETRIES, retry_delay_seconds=[2, 10, 30])
+def push_data(project_dir: str, targets: list[str] | None = None) -> str | None:
     remote = default_remote(project_dir)
     if remote is None:
-        get_run_logger().warning("no DVC remote configured: the dataset is versioned locally only")
+        get_run_logger().warning("no DVC remote configured: outputs are versioned locally only")
         return None
-    push(["data"], cwd=project_dir)
+    push(targets or ["data"], cwd=project_dir)
     return remote
 
 
-BOOTSTRAP_STAGES = ("bootstrap_vq",)
+# The headline numbers the pipeline run and its summary show, per benchmark file.
+HEADLINE = ("s_g", "s_a", "overall", "mean_of_categories")
+
+
+def champion_version(params) -> str | None:
+    """The version the `champion` alias points at now, or None when there is none yet."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from focusdiff.tracking import tracking_uri
+
+    uri = tracking_uri(params.tracking)
+    try:
+        return MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(params.promote.model_name, "champion").version
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_lm")
 
 
 @task(name="bootstrap: base policy")
@@ -65,8 +89,50 @@ def bootstrap(project_dir: str, pipeline_run_id: str) -> dict[str, str]:
     for stage in BOOTSTRAP_STAGES:
         _repro_as_child(stage, project_dir, pipeline_run_id)
     vq_record = json.loads((Path(project_dir) / params.bootstrap.vq.out / "record.json").read_text("utf-8"))
+    lm_record = json.loads((Path(project_dir) / params.bootstrap.lm.out / "record.json").read_text("utf-8"))
     return {"bootstrap.vq.path": str(params.bootstrap.vq.out),
-            "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"]}
+            "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"],
+            "bootstrap.lm.path": str(params.bootstrap.lm.out),
+            "bootstrap.lm.sha256": lm_record["files"]["model.safetensors"]}
+
+
+def _read_json(project_dir: str, path: Path) -> dict[str, Any]:
+    return json.loads((Path(project_dir) / path).read_text("utf-8"))
+
+
+@task(name="judge: train the reward judge")
+def judge(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+    """`dvc repro judge`: trains only when its code, parameters or the dataset changed."""
+    params = load_params(Path(project_dir) / "params.yaml")
+    _repro_as_child("judge", project_dir, pipeline_run_id)
+    return _read_json(project_dir, params.judge.metrics)
+
+
+@task(name="train: Pair-GRPO")
+def train(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+    """`dvc repro train`: trains from the base and registers the policy (alias challenger)."""
+    params = load_params(Path(project_dir) / "params.yaml")
+    _repro_as_child("train", project_dir, pipeline_run_id)
+    registration = params.train.metrics_dir / "registration.json"
+    return {"train": _read_json(project_dir, params.train.metrics_dir / "train.json"),
+            "registration": _read_json(project_dir, registration)
+            if (Path(project_dir) / registration).is_file() else None}
+
+
+@task(name="evaluate: benchmark")
+def evaluate(project_dir: str, pipeline_run_id: str, benchmark: str) -> dict[str, Any]:
+    """`dvc repro evaluate@<benchmark>`: its status and numbers land on the registered version."""
+    params = load_params(Path(project_dir) / "params.yaml")
+    _repro_as_child(f"evaluate@{benchmark}", project_dir, pipeline_run_id)
+    return _read_json(project_dir, params.evaluate.metrics_dir / f"{benchmark}.json")
+
+
+@task(name="promote: the gate")
+def promote(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+    """`dvc repro promote`: champion moves only on a PairComp s_g win with complete evidence."""
+    params = load_params(Path(project_dir) / "params.yaml")
+    _repro_as_child("promote", project_dir, pipeline_run_id)
+    return _read_json(project_dir, params.evaluate.metrics_dir / "promotion.json")
 
 
 @flow(name="focusdiff-pipeline", log_prints=True)
@@ -82,12 +148,28 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
             log_dataset_summary(run, Path(data["out"]), version=data["version"])
             base = bootstrap(str(project), run.run_id)
             run.set_tags(base)
+            judged = judge(str(project), run.run_id)
+            trained = train(str(project), run.run_id)
+            scores = {b: evaluate(str(project), run.run_id, b) for b in BENCHMARKS}
+            decision = promote(str(project), run.run_id)
+            if remote is not None:
+                push_data(str(project), targets=["judge", "train", *(f"evaluate@{b}" for b in BENCHMARKS)])
             _tag_children(run, data["version"])
+            registration = trained["registration"] or {}
+            headline = {k: v for m in scores.values() for k, v in m["metrics"].items() if k.split(".", 1)[-1] in HEADLINE}
+            run.log_metrics({**headline, "judge.test.agreement": judged["judge.test.agreement"]})
             summary = {
                 "mlflow_run_id": run.run_id,
                 "tracking_uri": run.client.tracking_uri,
                 "data_version": data["version"],
                 **base,
+                "judge.test.agreement": judged["judge.test.agreement"],
+                "registered_model": registration.get("model_name"),
+                "registered_version": registration.get("version"),
+                **headline,
+                "promoted": decision["promote"],
+                "gate": "; ".join(decision["reasons"]),
+                "champion": champion_version(params),
                 "dvc_remote": remote,
             }
     finally:

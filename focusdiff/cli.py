@@ -389,6 +389,11 @@ def pipeline(
     for key, value in summary.items():
         table.add_row(key, str(value))
     console.print(table)
+    if summary.get("registered_model"):
+        console.print(f"registry: model {summary['registered_model']}, champion = version {summary.get('champion')}; "
+                      f"load it with mlflow.pyfunc.load_model('models:/{summary['registered_model']}@champion')")
+    console.print(f"look: mlflow ui --backend-store-uri {summary['tracking_uri']} (runs, registry); "
+                  "dvc metrics show; dvc plots show; outputs/eval/<benchmark>/report.html", highlight=False)
 
 
 JudgeBackendOpt = Annotated[str, typer.Option(help="judge backend (known: exact, shapes, hf)")]

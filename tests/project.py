@@ -55,6 +55,21 @@ SMALL_SHAPES: dict[str, Any] = {
     "prompts": {"train": 4, "val": 2, "test": 2},
 }
 
+# The later stages, shrunk so that the whole pipeline runs in about a minute: a judge
+# that proves its code path (its accuracy gate is measured on the real parameters, in
+# tests/test_judge_shapes.py and by `dvc repro judge`), two Pair-GRPO steps, and the four
+# benchmarks on a few prompts each. A first champion needs no floor here.
+SMALL_STAGES: dict[str, Any] = {
+    "judge": {"width": 32, "layers": 1, "heads": 2, "steps": 4, "pairs_per_step": 4, "warmup_steps": 1,
+              "threads": 1, "min_accuracy": 0.0},
+    "train": {"group_size": 3, "items_per_micro_batch": 1, "steps": 2, "updates_per_batch": 1, "threads": 1,
+              "lr": {"warmup": 1}, "curriculum": {"s1": 1, "s2": 2, "s3": 3}, "checkpoint_every": 10},
+    "evaluate": {"batch_size": 8, "bootstrap": 0, "report_pairs": 2,
+                 "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2},
+                 "dpg_bench": {"prompts": 2}},
+    "promote": {"floor": 0.0, "margin": 0.0, "bootstrap": 100},
+}
+
 # Variables a caller may have set that would make a copy's runs go elsewhere.
 _LEAKY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
               "FOCUSDIFF_PARENT_RUN_ID", "FOCUSDIFF_FLOW_RUN_ID")  # fmt: skip
@@ -228,7 +243,8 @@ def make_project(
 ) -> ProjectCopy:
     """Copy the project into ``dest``, shrink its dataset, and commit it to a fresh git repo.
 
-    ``shapes`` replaces SMALL_SHAPES (merged into ``data.shapes``); ``params`` is
+    ``shapes`` replaces SMALL_SHAPES (merged into ``data.shapes``); SMALL_STAGES shrinks the
+    later stages; ``params`` is
     deep-merged into params.yaml last. ``with_lock`` (default, as in a real clone) copies
     dvc.lock, so stages whose outputs ship in git (the bootstrap weights) are up to date
     and only the shrunk data stage re-runs.
@@ -243,7 +259,8 @@ def make_project(
         shutil.copy2(source / "dvc.lock", dest / "dvc.lock")
     home = dest.parent / f"{dest.name}-home"
     proj = ProjectCopy(root=dest, env=project_env(home, env_extra))
-    proj.update_params({"data": {"shapes": dict(shapes if shapes is not None else SMALL_SHAPES)}}, commit=False)
+    proj.update_params({"data": {"shapes": dict(shapes if shapes is not None else SMALL_SHAPES)}, **SMALL_STAGES},
+                       commit=False)
     if params:
         proj.update_params(params, commit=False)
     proj.git("-c", "init.defaultBranch=main", "init", "-q")

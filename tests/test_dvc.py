@@ -1,4 +1,6 @@
-"""The `data` stage under DVC, as a user runs it: `dvc repro`, remotes, determinism.
+"""The `data` stage under DVC, as a user runs it: `dvc repro data`, remotes, determinism.
+
+(The later stages run in tests/test_pipeline.py and tests/test_deployments.py.)
 
 Every test works in a throwaway copy of the project (tests/project.py) with a small
 dataset, and drives the real `dvc` CLI; S3 is a real moto server on 127.0.0.1.
@@ -51,7 +53,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProjectCop
     proj = make_project(tmp_path_factory.mktemp("dvc-noremote") / "project")
     proj.dvc("remote", "remove", "local")
     proj.commit("no remote")
-    first = proj.dvc("repro")
+    first = proj.dvc("repro", "data")
     yield proj, first.stdout
 
 
@@ -80,12 +82,12 @@ def test_repro_without_remote_builds_then_skips(built: tuple[ProjectCopy, str]) 
 
     # Second run: nothing changed, so nothing is rebuilt.
     before = {f: (data / f).stat().st_mtime_ns for f in files}
-    second = proj.dvc("repro")
+    second = proj.dvc("repro", "data")
     assert "Stage 'data' didn't change, skipping" in second.stdout, second.stdout
     assert "Running stage" not in second.stdout
     assert {f: (data / f).stat().st_mtime_ns for f in files} == before
     assert tree_digest(data) == files
-    assert "Data and pipelines are up to date." in proj.dvc("status").stdout
+    assert "Data and pipelines are up to date." in proj.dvc("status", "data").stdout
 
     # Without a remote there is nowhere to push: DVC says so instead of pretending.
     push = proj.dvc("push", check=False)
@@ -106,7 +108,7 @@ def test_build_is_deterministic(built: tuple[ProjectCopy, str], tmp_path: Path) 
     status = proj_b.dvc("status").stdout
     assert "changed deps" in status and "params.yaml" in status, status
     assert "not in cache:" in status and DATA in status, status
-    out = proj_b.dvc("repro").stdout
+    out = proj_b.dvc("repro", "data").stdout
     assert "Running stage 'data'" in out, out
     assert proj_b.lock_md5(DATA) == md5_a
     assert tree_digest(proj_b.root / DATA) == digest_a
@@ -132,7 +134,7 @@ def s3_project(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) ->
     proj.dvc("remote", "modify", "s3", "verify", "true")
     proj.dvc("remote", "modify", "s3", "endpointurl", s3_server.endpoint_url)
     proj.commit("s3 remote")
-    proj.dvc("repro")
+    proj.dvc("repro", "data")
     push = proj.dvc("push")
     assert "files pushed" in push.stdout, push.stdout
     yield proj, prefix
@@ -160,8 +162,8 @@ def test_s3_push_then_pull_restores_exact_bytes(s3_project: tuple[ProjectCopy, s
     pull = proj.dvc("pull")
     assert f"{len(file_md5s) + 1} files fetched" in pull.stdout, pull.stdout
     assert tree_digest(proj.root / DATA) == built
-    assert "Data and pipelines are up to date." in proj.dvc("status").stdout
-    assert "Stage 'data' didn't change, skipping" in proj.dvc("repro").stdout
+    assert "Data and pipelines are up to date." in proj.dvc("status", "data").stdout
+    assert "Stage 'data' didn't change, skipping" in proj.dvc("repro", "data").stdout
 
 
 @pytest.mark.servers
@@ -202,10 +204,10 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
     assert {f for f in built if after.get(f) != built[f]} == {"manifest.json"}
     cached = proj.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
     assert hashlib.md5(cached.read_bytes()).hexdigest() != md5  # cache entry named md5 holds other bytes
-    assert "Data and pipelines are up to date." in proj.dvc("status").stdout
+    assert "Data and pipelines are up to date." in proj.dvc("status", "data").stdout
     # Only once DVC re-hashes the workspace (state db dropped) is the damage visible.
     shutil.rmtree(proj.root / ".dvc" / "tmp")
-    status = proj.dvc("status").stdout
+    status = proj.dvc("status", "data").stdout
     assert "modified:" in status and DATA in status, status
 
     # 2. verify=true: the pull fails and nothing corrupt is checked out or cached.
@@ -216,7 +218,7 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
     assert "Checkout failed for following targets" in pull.stderr and DATA in pull.stderr, pull.stderr
     assert not (proj.root / DATA).exists()
     assert not cached.exists()
-    status = proj.dvc("status").stdout
+    status = proj.dvc("status", "data").stdout
     assert "not in cache:" in status and DATA in status, status
 
     # 3. Repair the object: the verified pull now restores the exact dataset.

@@ -58,6 +58,52 @@ def test_shipped_stages_are_up_to_date_for_dvc():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "dvc", "status", "bootstrap_vq"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    assert "changed" not in out and "up to date" in out, out
+    for stage in ("bootstrap_vq", "bootstrap_lm"):
+        out = subprocess.run([sys.executable, "-m", "dvc", "status", stage], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        assert "changed" not in out and "up to date" in out, (stage, out)
+
+
+# --------------------------------------------------------------------------- the base policy
+BASE_DIR = ROOT / PARAMS.bootstrap.lm.out
+
+
+def test_shipped_base_files_match_their_record():
+    record = _record(BASE_DIR)
+    assert record["files"] == file_hashes(BASE_DIR)
+    assert record["command"] == "focusdiff bootstrap lm"
+    assert record["params"]["bootstrap.lm"] == PARAMS.bootstrap.lm.model_dump(mode="json")
+    assert record["params"]["data.shapes.holdout"] == sorted([list(h) for h in PARAMS.data.shapes.holdout])
+    # built on the shipped VQ
+    assert record["vq"]["model.safetensors"] == _record(VQ_DIR)["files"]["model.safetensors"]
+    total = sum(p.stat().st_size for p in BASE_DIR.iterdir()) + sum(p.stat().st_size for p in VQ_DIR.iterdir())
+    assert total <= 20 * 2**20, f"shipped weights are {total / 2**20:.1f} MiB"
+
+
+def test_dvc_lock_pins_the_shipped_base():
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text("utf-8"))
+    (out,) = lock["stages"]["bootstrap_lm"]["outs"]
+    assert out["path"] == str(PARAMS.bootstrap.lm.out)
+    assert out["nfiles"] == len(file_hashes(BASE_DIR)) + 1  # + record.json
+
+
+def test_shipped_base_draws_what_its_record_says():
+    """Re-sample the stage's quality set (seed 4321) and read it with the exact checker."""
+    import torch
+
+    from focusdiff.model.loading import load_policy
+    from focusdiff.model.quality import policy_quality
+    from focusdiff.model.sampler import SamplingConfig
+
+    record, cfg = _record(BASE_DIR), PARAMS.bootstrap.lm
+    assert record["quality"]["single_object_accuracy"] >= cfg.min_single_object_accuracy
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        quality = policy_quality(load_policy("shapes-base"), cfg.eval_pairs_per_category, seed=4321,
+                                 s=SamplingConfig(cfg_weight=cfg.cfg_weight))
+    finally:
+        torch.set_num_threads(threads)
+    # Equal up to float-rounding ties of the fast CPU path (a few images may flip).
+    assert abs(quality.image_accuracy - record["quality"]["image_accuracy"]) <= 0.03
+    assert quality.single_object_accuracy >= cfg.min_single_object_accuracy - 0.03

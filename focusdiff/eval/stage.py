@@ -346,6 +346,8 @@ def registration_for(policy: str, registration_file: Path) -> dict[str, Any] | N
     if not registration_file.is_file():
         return None
     registration = json.loads(registration_file.read_text("utf-8"))
+    if registration.get("registered") is False:  # training ran with promote.register_trained off
+        return None
     same = Path(registration.get("policy", "")).resolve() == Path(policy).resolve()
     return registration if same else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,14 +56,28 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
             from focusdiff.tracking import git_commit, prefect_flow_run_id
 
             lineage = {"algorithm": cfg.algorithm, "base_model": cfg.policy, "reward_judge": cfg.judge.backend,
+                       "data.version": data_version(cfg.data),
                        "prefect.flow_run_id": prefect_flow_run_id() or "", **git_commit(), **(tags or {})}
             registration = register_policy(result.out, registry, tracking, run.run_id, lineage)
             atomic_write_json(registration_file, registration)
             run.set_tags({"registered_model": registry.model_name, "registered_version": registration["version"]})
-        elif registration_file.exists():
-            registration_file.unlink()  # a stale registration would attach evaluations to another version
+        else:
+            # Written either way (DVC tracks it); a stale registration would attach evaluations
+            # to another version, so this one names none.
+            atomic_write_json(registration_file, {"registered": False})
         result.mlflow_run_id = run.run_id
         return result
+
+
+def data_version(data: Path) -> str:
+    """The DVC version (dvc.lock's md5) of the training dataset, or "unversioned" when it is not
+    a DVC output here (a dataset passed by path outside the pipeline)."""
+    from focusdiff.versioning import DvcError, output_version
+
+    try:
+        return output_version(data)
+    except DvcError:
+        return "unversioned"
 
 
 def summary(result: TrainResult) -> dict[str, Any]:
