@@ -1,6 +1,14 @@
 """The `focusdiff-pipeline` flow: data -> bootstrap -> judge -> train (registers the policy)
 -> evaluate x4 (results on the registered version) -> promote (the gate).
 
+`cluster.launcher` picks where training runs. `local` (the embedded default): every stage
+runs here through `dvc repro`. `pytorchjob` (Janus-Pro on Kubernetes): the dataset is
+versioned and pushed to the DVC remote, training is a multi-node PyTorchJob this flow submits
+and watches (focusdiff/train/pytorchjob.py; its pods pull the data and register the policy
+tagged with this flow run), and the registered version goes through the `focusdiff-evaluate`
+and `focusdiff-promote` flows as subflows. The base model and the reward judge are the
+recipe's (Janus-Pro, a served VLM), so the ShapesWorld bootstrap and judge stages do not run.
+
 The flow opens one MLflow run for the pipeline; every stage's run is its child
 and carries the Prefect flow-run id, and the pipeline run links back to the flow
 run. Stages that produce versioned outputs run through `dvc repro <stage>`, so
@@ -22,6 +30,7 @@ from prefect import flow, get_run_logger, task
 from focusdiff.config import load_params
 from focusdiff.data.stage import log_dataset_summary
 from focusdiff.eval.stage import BENCHMARKS
+from focusdiff.errors import ConfigError
 from focusdiff.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, StageRun, prefect_flow_run_id
 from focusdiff.versioning import default_remote, output_version, push, repro
 
@@ -135,6 +144,55 @@ def promote(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     return _read_json(project_dir, params.evaluate.metrics_dir / "promotion.json")
 
 
+@task(name="train: PyTorchJob on Kubernetes")
+def train_on_cluster(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+    """Submit (or, after a worker restart, adopt) this flow run's training job, wait for it, and
+    return the version it registered. No task retries: a failed job is deterministic, and a
+    retried flow run adopts its running job instead of training twice."""
+    from focusdiff.registry.store import registered_by_flow_run
+    from focusdiff.train.pytorchjob import run_training_job
+
+    params = load_params(Path(project_dir) / "params.yaml")
+    flow_run_id = prefect_flow_run_id()
+    if not flow_run_id:
+        raise RuntimeError("train_on_cluster runs inside a Prefect flow run: its id names and labels the job")
+    log = get_run_logger()
+    run_training_job(params.cluster.pytorchjob, str(flow_run_id),
+                     env={FLOW_RUN_ENV: str(flow_run_id), PARENT_RUN_ENV: pipeline_run_id}, log=log.info)
+    registration = registered_by_flow_run(params.promote, params.tracking, str(flow_run_id))
+    log.info("the job registered %s v%s", registration["model_name"], registration["version"])
+    return registration
+
+
+def _embedded(project: str, run: StageRun) -> dict[str, Any]:
+    """bootstrap -> judge -> train -> evaluate x4 -> promote, each through `dvc repro`."""
+    base = bootstrap(project, run.run_id)
+    run.set_tags(base)
+    judged = judge(project, run.run_id)
+    trained = train(project, run.run_id)
+    scores = {b: evaluate(project, run.run_id, b)["metrics"] for b in BENCHMARKS}
+    decision = promote(project, run.run_id)
+    registration = trained["registration"] or {}
+    run.log_metrics({"judge.test.agreement": judged["judge.test.agreement"]})
+    return {"base": base, "judge.test.agreement": judged["judge.test.agreement"], "registration": registration,
+            "scores": scores, "decision": decision}
+
+
+def _on_cluster(project: str, run: StageRun, remote: str | None) -> dict[str, Any]:
+    """train as a PyTorchJob -> evaluate the registered version -> promote it (subflows)."""
+    from flows.evaluate import evaluate_version
+    from flows.promote import promote_flow
+
+    if remote is None:
+        raise ConfigError("cluster.launcher pytorchjob needs a DVC remote and push=true: the job's pods pull the "
+                          "dataset from it (`dvc remote add -d ...`)")
+    registration = train_on_cluster(project, run.run_id)
+    run.set_tags({"registered_model": registration["model_name"], "registered_version": registration["version"]})
+    evaluated = evaluate_version(project, registration["model_name"], registration["version"])
+    decision = promote_flow(project, registration["version"])
+    return {"registration": registration, "scores": evaluated["metrics"], "decision": decision}
+
+
 @flow(name="focusdiff-pipeline", log_prints=True)
 def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, Any]:
     project = Path(project_dir).resolve()
@@ -146,24 +204,22 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
             data = version_data(str(project), run.run_id)
             remote = push_data(str(project)) if push else None
             log_dataset_summary(run, Path(data["out"]), version=data["version"])
-            base = bootstrap(str(project), run.run_id)
-            run.set_tags(base)
-            judged = judge(str(project), run.run_id)
-            trained = train(str(project), run.run_id)
-            scores = {b: evaluate(str(project), run.run_id, b) for b in BENCHMARKS}
-            decision = promote(str(project), run.run_id)
-            if remote is not None:
-                push_data(str(project), targets=["judge", "train", *(f"evaluate@{b}" for b in BENCHMARKS)])
+            if params.cluster.launcher == "pytorchjob":
+                outcome = _on_cluster(str(project), run, remote)
+            else:
+                outcome = _embedded(str(project), run)
+                if remote is not None:
+                    push_data(str(project), targets=["judge", "train", *(f"evaluate@{b}" for b in BENCHMARKS)])
             _tag_children(run, data["version"])
-            registration = trained["registration"] or {}
-            headline = {k: v for m in scores.values() for k, v in m["metrics"].items() if k.split(".", 1)[-1] in HEADLINE}
-            run.log_metrics({**headline, "judge.test.agreement": judged["judge.test.agreement"]})
+            registration, decision = outcome["registration"], outcome["decision"]
+            headline = {k: v for m in outcome["scores"].values() for k, v in m.items() if k.split(".", 1)[-1] in HEADLINE}
+            run.log_metrics(headline)
             summary = {
                 "mlflow_run_id": run.run_id,
                 "tracking_uri": run.client.tracking_uri,
                 "data_version": data["version"],
-                **base,
-                "judge.test.agreement": judged["judge.test.agreement"],
+                **outcome.get("base", {}),
+                **({"judge.test.agreement": outcome["judge.test.agreement"]} if "judge.test.agreement" in outcome else {}),
                 "registered_model": registration.get("model_name"),
                 "registered_version": registration.get("version"),
                 **headline,

@@ -276,6 +276,28 @@ def train(
         console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@app.command("submit-training")
+def submit_training(
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="names and labels the job; pass a previous id to re-attach to its job (default: a new id)")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="overrides cluster.pytorchjob.nodes")] = None,
+) -> None:
+    """Multi-node Pair-GRPO on Kubernetes: submit cluster.pytorchjob's PyTorchJob, watch it to
+    the end, and print the version it registered (the pipeline's train task, outside Prefect)."""
+    import uuid
+
+    from focusdiff.registry.store import registered_by_flow_run
+    from focusdiff.tracking import FLOW_RUN_ENV
+    from focusdiff.train.pytorchjob import run_training_job
+
+    loaded = _params(params, [f"cluster.pytorchjob.nodes={nodes}"] if nodes else None)
+    run_id = run_id or str(uuid.uuid4())
+    console.print(f"run id {run_id} (re-attach with --run-id {run_id})")
+    run_training_job(loaded.cluster.pytorchjob, run_id, env={FLOW_RUN_ENV: run_id}, log=console.print)
+    registration = registered_by_flow_run(loaded.promote, loaded.tracking, run_id)
+    console.print(f"registered {registration['model_name']} v{registration['version']} ({registration['model_uri']})")
+
+
 @app.command("ablate")
 def ablate(
     params: ParamsOpt = Path("params.yaml"),

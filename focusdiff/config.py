@@ -20,6 +20,7 @@ from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.registry.gate import GateConfig
 from focusdiff.shapes.world import COLORS, SHAPES
 from focusdiff.train.configs import GRPOConfig
+from focusdiff.train.pytorchjob import ClusterConfig
 
 
 class Section(BaseModel):
@@ -100,6 +101,7 @@ class Params(Section):
     train: GRPOConfig = GRPOConfig()
     evaluate: EvalConfig = EvalConfig()
     promote: GateConfig = GateConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:

@@ -96,3 +96,22 @@ def test_prefect_deployments_point_at_flows_with_those_parameters():
         if d["work_pool"]["name"] == "focusdiff-gpu":
             assert set(d["work_pool"]["job_variables"]) <= template_vars
             assert d["work_pool"]["job_variables"]["gpu_count"] == 8
+
+
+def test_flow_service_account_may_submit_and_watch_pytorchjobs():
+    docs = list(yaml.safe_load_all((INFRA / "k8s" / "flow-rbac.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in docs}
+    pool = json.loads((INFRA / "k8s" / "work-pool-gpu.json").read_text())["variables"]["properties"]
+    job = yaml.safe_load((INFRA / "k8s" / "pytorchjob-janus-pro-7b.yaml").read_text())
+    account = by_kind["ServiceAccount"]["metadata"]
+    assert account["name"] == pool["service_account_name"]["default"]
+    assert account["namespace"] == pool["namespace"]["default"] == job["metadata"]["namespace"]
+    (rule,) = by_kind["Role"]["rules"]
+    assert rule["apiGroups"] == ["kubeflow.org"] and rule["resources"] == ["pytorchjobs"]
+    assert {"create", "get"} <= set(rule["verbs"])  # what focusdiff/train/pytorchjob.py calls
+    binding = by_kind["RoleBinding"]
+    assert binding["roleRef"]["name"] == by_kind["Role"]["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == account["name"]
+    from focusdiff.config import load_params
+
+    assert load_params(REPO / "params.yaml").cluster.pytorchjob.manifest == Path("infra/k8s/pytorchjob-janus-pro-7b.yaml")

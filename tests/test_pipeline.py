@@ -245,3 +245,68 @@ def test_flow_malformed_params_fail_before_any_run(run_flow: Any, tmp_path: Path
         exp = client.get_experiment_by_name("focusdiff")
         assert exp is None or client.search_runs([exp.experiment_id]) == []
     assert not (proj.root / DATA).exists()
+
+
+# --------------------------------------------------------------------------- #
+# On a cluster: training as a two-node PyTorchJob
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory, loopback_bypasses_proxy: None) -> Iterator[tuple[Path, str]]:
+    """The loopback Kubernetes API whose operator runs pods as local processes (tests/fake_kubernetes.py)."""
+    from tests.fake_kubernetes import serve
+
+    with serve(tmp_path_factory.mktemp("kube")) as (kubeconfig, url):
+        yield kubeconfig, url
+
+
+@pytest.mark.slow
+def test_flow_on_cluster_trains_as_a_two_node_pytorchjob(run_flow: Any, kube: tuple[Path, str], tmp_path: Path) -> None:
+    """cluster.launcher pytorchjob: the flow versions and pushes the data, submits training as a
+    PyTorchJob whose two pods run torchrun (gloo, one process each), finds the version the job
+    registered by its flow-run tag, evaluates it (the evaluate subflow) and gates it."""
+    import sys
+    import urllib.request
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from focusdiff.train.pytorchjob import FLOW_RUN_LABEL, job_name
+
+    kubeconfig, url = kube
+    proj = make_project(tmp_path / "project")
+    torchrun = (f'{sys.executable} -m torch.distributed.run --nnodes "$PET_NNODES" --node_rank "$RANK" --nproc_per_node 1 '
+                '--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m focusdiff.cli train --params params.yaml')
+    pod = {"spec": {"containers": [{"name": "pytorch", "image": "focusdiff:test", "workingDir": str(proj.root),
+                                    "command": ["sh", "-c"], "args": [torchrun],
+                                    "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]}]}}
+    (proj.root / "job.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "t", "namespace": "ml"},
+        "spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": pod}, "Worker": {"replicas": 1, "template": pod}}},
+    }))
+    proj.update_params({"cluster": {"launcher": "pytorchjob", "pytorchjob": {
+        "manifest": "job.yaml", "kubeconfig": str(kubeconfig), "nodes": 2, "poll_seconds": 0.5, "timeout_hours": 0.25}}})
+
+    state = run_flow(proj)
+    assert state.is_completed(), state
+    summary = state.result()
+    flow_run_id = str(state.state_details.flow_run_id)
+    assert summary["dvc_remote"] == "local" and "bootstrap.lm.path" not in summary  # the recipe's base, not ShapesWorld's
+
+    client = MlflowClient(proj.tracking_uri)
+    runs = _runs(client)
+    assert "judge" not in runs and "bootstrap_lm" not in runs
+    (pipeline,), (train,) = runs["pipeline"], runs["train"]
+    assert train.info.status == "FINISHED"
+    assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id  # the job's rank 0 nests under the flow's run
+    assert train.data.tags["prefect.flow_run_id"] == flow_run_id
+    assert train.data.tags["world_size"] == "2"  # both pods joined one process group
+    _assert_registered_and_promoted(client, "focusdiff-shapes", summary, runs)
+    assert client.get_model_version("focusdiff-shapes", "1").tags["prefect.flow_run_id"] == flow_run_id
+
+    name = job_name("focusdiff-train", flow_run_id)
+    with urllib.request.urlopen(f"{url}/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs/{name}") as response:
+        job = json.loads(response.read())
+    assert job["metadata"]["labels"][FLOW_RUN_LABEL] == flow_run_id
+    assert [c["type"] for c in job["status"]["conditions"] if c["status"] == "True"][-1] == "Succeeded"

@@ -75,6 +75,24 @@ def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig
             "model_uri": f"models:/{gate.model_name}/{version}", "policy": str(policy_dir)}
 
 
+def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_id: str) -> dict[str, Any]:
+    """The version a training job registered for this flow run (its `prefect.flow_run_id` tag):
+    how the pipeline finds what a PyTorchJob trained on the cluster."""
+    client = _client(tracking)
+    try:
+        versions = client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
+                                                order_by=["version_number DESC"])
+    except MlflowException as exc:
+        raise RegistryError(f"registered model {gate.model_name!r}: cannot list versions: {exc.message}") from None
+    for mv in versions:
+        if dict(mv.tags).get("prefect.flow_run_id") == flow_run_id:
+            return {"model_name": gate.model_name, "version": str(mv.version), "run_id": mv.run_id,
+                    "model_uri": f"models:/{gate.model_name}/{mv.version}"}
+    raise RegistryError(f"registered model {gate.model_name!r} has no version tagged prefect.flow_run_id="
+                        f"{flow_run_id}: the training job succeeded but registered nothing "
+                        "(is promote.register_trained on in the job's params?)")
+
+
 def record_evaluation(registration: dict[str, Any], tracking: TrackingConfig, benchmark: str, metrics: dict[str, float],
                       files: list[Path], evaluator: str | None = None) -> None:
     client = _client(tracking)

@@ -35,13 +35,14 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
     version of `registry.model_name` and write <metrics_dir>/registration.json."""
     judge = build_judge(cfg.judge)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
-    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
         return train(cfg, judge, progress=False)
     from focusdiff.tracking import StageRun
 
     logged = {"train": cfg.model_dump(mode="json"), "train.algorithm": cfg.algorithm}
     with StageRun(tracking, "train", params=logged, tags={"algorithm": cfg.algorithm, "base_policy": cfg.policy,
-                                                           **(tags or {})}) as run:
+                                                           "world_size": str(state.num_processes), **(tags or {})}) as run:
         result = train(
             cfg, judge,
             log=lambda metrics, step: run.log_metrics(metrics, step),
