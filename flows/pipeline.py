@@ -145,12 +145,13 @@ def promote(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
 
 
 @task(name="train: PyTorchJob on Kubernetes")
-def train_on_cluster(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) -> dict[str, Any]:
     """Submit (or, after a worker restart, adopt) this flow run's training job, wait for it, and
     return the version it registered. No task retries: a failed job is deterministic, and a
     retried flow run adopts its running job instead of training twice."""
     from focusdiff.registry.store import registered_by_flow_run
     from focusdiff.train.pytorchjob import run_training_job
+    from focusdiff.train.stage import DATA_VERSION_ENV
 
     params = load_params(Path(project_dir) / "params.yaml")
     flow_run_id = prefect_flow_run_id()
@@ -158,7 +159,8 @@ def train_on_cluster(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
         raise RuntimeError("train_on_cluster runs inside a Prefect flow run: its id names and labels the job")
     log = get_run_logger()
     run_training_job(params.cluster.pytorchjob, str(flow_run_id),
-                     env={FLOW_RUN_ENV: str(flow_run_id), PARENT_RUN_ENV: pipeline_run_id}, log=log.info)
+                     env={FLOW_RUN_ENV: str(flow_run_id), PARENT_RUN_ENV: pipeline_run_id, DATA_VERSION_ENV: data_version},
+                     log=log.info)
     registration = registered_by_flow_run(params.promote, params.tracking, str(flow_run_id))
     log.info("the job registered %s v%s", registration["model_name"], registration["version"])
     return registration
@@ -178,7 +180,7 @@ def _embedded(project: str, run: StageRun) -> dict[str, Any]:
             "scores": scores, "decision": decision}
 
 
-def _on_cluster(project: str, run: StageRun, remote: str | None) -> dict[str, Any]:
+def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: str) -> dict[str, Any]:
     """train as a PyTorchJob -> evaluate the registered version -> promote it (subflows)."""
     from flows.evaluate import evaluate_version
     from flows.promote import promote_flow
@@ -186,7 +188,7 @@ def _on_cluster(project: str, run: StageRun, remote: str | None) -> dict[str, An
     if remote is None:
         raise ConfigError("cluster.launcher pytorchjob needs a DVC remote and push=true: the job's pods pull the "
                           "dataset from it (`dvc remote add -d ...`)")
-    registration = train_on_cluster(project, run.run_id)
+    registration = train_on_cluster(project, run.run_id, data_version)
     run.set_tags({"registered_model": registration["model_name"], "registered_version": registration["version"]})
     evaluated = evaluate_version(project, registration["model_name"], registration["version"])
     decision = promote_flow(project, registration["version"])
@@ -205,7 +207,7 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
             remote = push_data(str(project)) if push else None
             log_dataset_summary(run, Path(data["out"]), version=data["version"])
             if params.cluster.launcher == "pytorchjob":
-                outcome = _on_cluster(str(project), run, remote)
+                outcome = _on_cluster(str(project), run, remote, data["version"])
             else:
                 outcome = _embedded(str(project), run)
                 if remote is not None:

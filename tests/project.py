@@ -72,7 +72,7 @@ SMALL_STAGES: dict[str, Any] = {
 
 # Variables a caller may have set that would make a copy's runs go elsewhere.
 _LEAKY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID",
-              "FOCUSDIFF_PARENT_RUN_ID", "FOCUSDIFF_FLOW_RUN_ID")  # fmt: skip
+              "FOCUSDIFF_PARENT_RUN_ID", "FOCUSDIFF_FLOW_RUN_ID", "FOCUSDIFF_DATA_VERSION")  # fmt: skip
 
 _GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",

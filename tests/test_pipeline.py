@@ -187,6 +187,27 @@ def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
     assert "Cache and remote 'local' are in sync." in proj.dvc("status", "--cloud").stdout
     assert "Data and pipelines are up to date." in proj.dvc("status").stdout
     _assert_registered_and_promoted(client, "focusdiff-shapes", summary, _runs(client))
+    _assert_dvc_surfaces(proj, summary)
+
+
+def _assert_dvc_surfaces(proj: ProjectCopy, summary: dict[str, Any]) -> None:
+    """What a user reads through DVC after the pipeline: metrics, plots, and an experiment
+    that varies a parameter (`dvc exp run -S`) compared with `dvc metrics diff`."""
+    shown = json.loads(proj.dvc("metrics", "show", "--json").stdout)
+    metrics = next(iter(shown.values()))["data"]
+    paircomp = metrics["metrics/eval/paircomp.json"]["data"]["metrics"]
+    assert paircomp["paircomp.s_g"] == pytest.approx(summary["paircomp.s_g"])
+    assert {"metrics/judge.json", "metrics/train.json", "metrics/eval/promotion.json"} <= set(metrics)
+    plots = proj.root / "plots-out"
+    proj.dvc("plots", "show", "-o", str(plots))
+    assert "train_curve.csv" in (plots / "index.html").read_text()
+
+    proj.commit("pipeline results")  # dvc.lock and the metrics files, as a user would
+    proj.dvc("exp", "run", "promote", "-S", "promote.margin=50")  # only the gate re-runs
+    diff = json.loads(proj.dvc("metrics", "diff", "--json").stdout)
+    promotion = diff["metrics/eval/promotion.json"]
+    assert promotion["promote"] == {"old": True, "new": False}, promotion
+    assert "paircomp.s_g" not in json.dumps(diff)  # the benchmarks did not re-run
 
 
 # --------------------------------------------------------------------------- #

@@ -196,3 +196,20 @@ def test_a_missing_kubeconfig_is_named(tmp_path):
     with pytest.raises(TrainingJobError) as err:
         PyTorchJobs(tmp_path / "nope")
     assert f"{tmp_path / 'nope'}: kubeconfig not found" in str(err.value)
+
+
+def test_a_job_refuses_a_dataset_other_than_the_one_the_flow_versioned(tmp_path, monkeypatch):
+    """The pods pull the data with the image's dvc.lock; a stale image would train on another version."""
+    from focusdiff.config import TrackingConfig
+    from focusdiff.errors import DataError
+    from focusdiff.train.configs import GRPOConfig
+    from focusdiff.train.stage import DATA_VERSION_ENV, run_train_stage
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  data:\n    outs:\n    - path: data/pairs\n"
+                                       "      md5: 1111aaaa.dir\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DATA_VERSION_ENV, "2222bbbb.dir")
+    with pytest.raises(DataError) as err:
+        run_train_stage(GRPOConfig(data=Path("data/pairs")), TrackingConfig())
+    assert ("data/pairs: dataset version 1111aaaa.dir is not the version 2222bbbb.dir this run was submitted with "
+            "(FOCUSDIFF_DATA_VERSION); the image's dvc.lock is stale") in str(err.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from accelerate import PartialState
 
 from focusdiff.config import TrackingConfig
+from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
 from focusdiff.train.configs import GRPOConfig
@@ -23,6 +25,7 @@ from focusdiff.registry.gate import GateConfig
 from focusdiff.train.trainer import TrainResult, train
 
 REGISTRATION_FILE = "registration.json"
+DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
 
 # Curves DVC plots (`dvc plots show`): one row per step.
 CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "train/clip_fraction", "train/lr",
@@ -33,6 +36,11 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
                     tags: dict[str, str] | None = None, registry: GateConfig | None = None) -> TrainResult:
     """Train; then, with `registry` (and registry.register_trained), register the policy as a new
     version of `registry.model_name` and write <metrics_dir>/registration.json."""
+    expected = os.environ.get(DATA_VERSION_ENV)
+    if expected and (found := data_version(cfg.data)) != expected:
+        # A cluster job trains on the dataset its pods pulled; it must be the one the flow versioned.
+        raise DataError(f"{cfg.data}: dataset version {found} is not the version {expected} this run was submitted "
+                        f"with ({DATA_VERSION_ENV}); the image's dvc.lock is stale: rebuild the image or pull that version")
     judge = build_judge(cfg.judge)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
     state = PartialState(cpu=not torch.cuda.is_available())
