@@ -402,6 +402,11 @@ def pipeline(
     push: Annotated[bool, typer.Option(help="push versioned outputs to the default DVC remote")] = True,
 ) -> None:
     """Run the whole pipeline as a Prefect flow (the embedded default needs no servers)."""
+    import os
+
+    # The ephemeral Prefect server otherwise phones home (this machine may be offline) and
+    # logs a traceback when its telemetry write races the flow's writes to its sqlite file.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import focusdiff_pipeline
 
     summary = focusdiff_pipeline(project_dir=str(project_dir), push=push)
@@ -409,7 +414,7 @@ def pipeline(
     table.add_column("what")
     table.add_column("value")
     for key, value in summary.items():
-        table.add_row(key, str(value))
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
     if summary.get("registered_model"):
         console.print(f"registry: model {summary['registered_model']}, champion = version {summary.get('champion')}; "
