@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 
 from focusdiff.config import load_params
@@ -38,9 +39,14 @@ def download_version(project_dir: str, model_name: str, version: str) -> dict[st
     mlflow.set_registry_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}", dst_path=str(target),
                                                 tracking_uri=uri)
-    policy = Path(local) / "artifacts" / "policy"
+    # The pyfunc model's MLmodel maps the artifact key to where MLflow put it (artifacts/<source dir name>).
+    mlmodel = yaml.safe_load((Path(local) / "MLmodel").read_text("utf-8"))
+    entry = ((mlmodel.get("flavors") or {}).get("python_function") or {}).get("artifacts", {}).get("policy")
+    if not entry:
+        raise FileNotFoundError(f"{model_name} v{mv.version}: its MLmodel has no `policy` artifact ({Path(local) / 'MLmodel'})")
+    policy = Path(local) / entry["path"]
     if not (policy / "config.json").is_file():
-        raise FileNotFoundError(f"{model_name} v{mv.version}: no policy artifact at {policy}")
+        raise FileNotFoundError(f"{model_name} v{mv.version}: no policy checkpoint at {policy}")
     return {"model_name": model_name, "version": str(mv.version), "run_id": mv.run_id, "policy": str(policy)}
 
 

@@ -80,7 +80,7 @@ def champion_version(params) -> str | None:
 
     uri = tracking_uri(params.tracking)
     try:
-        return MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(params.promote.model_name, "champion").version
+        return str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(params.promote.model_name, "champion").version)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             return None

@@ -81,6 +81,8 @@ async def _operate(job: dict[str, Any]) -> None:
     _condition(job, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.")
     results = await asyncio.gather(*(p.communicate() for _, p in procs))
     for (pod, proc), (_, stderr) in zip(procs, results):
+        if os.environ.get("FAKE_K8S_LOGDIR"):  # `kubectl logs`, for whoever debugs a test
+            (Path(os.environ["FAKE_K8S_LOGDIR"]) / f"{pod}.log").write_bytes(stderr)
         if proc.returncode != 0:
             lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
             _condition(job, "Failed", "PyTorchJobFailed",
@@ -150,7 +152,7 @@ def serve(root: Path, workdir: Path | None = None) -> Iterator[tuple[Path, str]]
         "users": [{"name": "nobody", "user": {}}],
         "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "nobody"}}],
     }))
-    env = {**loopback_no_proxy_env(), **({"FAKE_K8S_WORKDIR": str(workdir)} if workdir else {})}
+    env = {**loopback_no_proxy_env(), "FAKE_K8S_LOGDIR": str(root), **({"FAKE_K8S_WORKDIR": str(workdir)} if workdir else {})}
     with ManagedProcess([sys.executable, "-m", "uvicorn", "tests.fake_kubernetes:app", "--host", LOOPBACK, "--port", str(port)],
                         name="fake-kubernetes", cwd=Path(__file__).resolve().parents[1], log_path=root / "kubernetes.log",
                         env=env, ready=lambda: http_ok(f"{url}/healthz"), startup_timeout=60):

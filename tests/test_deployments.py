@@ -76,7 +76,7 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             assert first["parameters"] == {"project_dir": ".", "push": True}
             client = mlflow_server.client()
             champion = client.get_model_version_by_alias(model_name, "champion")
-            assert champion.version == "1"
+            assert str(champion.version) == "1"
             assert champion.tags["gate.decision"] == "promoted"
             assert champion.tags["prefect.flow_run_id"] == first["id"]
             for benchmark in ("paircomp", "geneval", "t2i_compbench", "dpg_bench"):
@@ -89,7 +89,7 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             assert worse["state_type"] == "COMPLETED", (worse["state"], worker.log_tail())
             v2 = client.get_model_version(model_name, "2")
             assert v2.tags["gate.decision"] == "rejected", v2.tags
-            assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+            assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
             assert float(v2.tags["eval.paircomp.s_a"]) < float(champion.tags["eval.paircomp.s_a"])
 
             # A benchmark that fails: DPG-Bench asks a judge server nobody runs.
@@ -104,7 +104,7 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             assert gate["state_type"] == "COMPLETED", (gate["state"], worker.log_tail())
             v3 = client.get_model_version(model_name, "3")
             assert v3.tags["gate.decision"] == "rejected" and "dpg_bench evaluation is failed" in v3.tags["gate.reason"]
-            assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+            assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
     # Tracking went to the server (the environment wins over params.yaml's sqlite default),
     # artifacts through its proxy into the bucket.
     assert not (proj.root / "mlflow.db").exists()

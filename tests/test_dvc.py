@@ -159,7 +159,7 @@ def test_s3_push_then_pull_restores_exact_bytes(s3_project: tuple[ProjectCopy, s
     # Forget everything local; restore purely from S3.
     _forget_local(proj)
     assert not (proj.root / DATA).exists()
-    pull = proj.dvc("pull")
+    pull = proj.dvc("pull", "data")  # the stages after data have no lock entries in a fresh clone
     assert f"{len(file_md5s) + 1} files fetched" in pull.stdout, pull.stdout
     assert tree_digest(proj.root / DATA) == built
     assert "Data and pipelines are up to date." in proj.dvc("status", "data").stdout
@@ -182,7 +182,7 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
     prefix = _unique("dvc-corrupt")
     proj.dvc("remote", "add", "s3c", f"s3://{s3_server.bucket}/{prefix}")
     proj.dvc("remote", "modify", "s3c", "endpointurl", s3_server.endpoint_url)
-    proj.dvc("push", "-r", "s3c")
+    proj.dvc("push", "data", "-r", "s3c")
     built = tree_digest(proj.root / DATA)
 
     victim = proj.root / DATA / "manifest.json"
@@ -197,7 +197,7 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
 
     # 1. Default: a silent, successful pull of corrupt data.
     _forget_local(proj, state=True)
-    pull = proj.dvc("pull", "-r", "s3c", check=False)
+    pull = proj.dvc("pull", "data", "-r", "s3c", check=False)
     assert pull.returncode == 0, pull.stderr
     assert victim.read_bytes() == bad
     after = tree_digest(proj.root / DATA)
@@ -213,7 +213,7 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
     # 2. verify=true: the pull fails and nothing corrupt is checked out or cached.
     proj.dvc("remote", "modify", "s3c", "verify", "true")
     _forget_local(proj, state=True)
-    pull = proj.dvc("pull", "-r", "s3c", check=False)
+    pull = proj.dvc("pull", "data", "-r", "s3c", check=False)
     assert pull.returncode != 0, pull.stdout
     assert "Checkout failed for following targets" in pull.stderr and DATA in pull.stderr, pull.stderr
     assert not (proj.root / DATA).exists()
@@ -223,5 +223,5 @@ def test_s3_corrupted_object_on_pull(s3_project: tuple[ProjectCopy, str], s3_ser
 
     # 3. Repair the object: the verified pull now restores the exact dataset.
     client.put_object(Bucket=s3_server.bucket, Key=key, Body=good)
-    proj.dvc("pull", "-r", "s3c")
+    proj.dvc("pull", "data", "-r", "s3c")
     assert tree_digest(proj.root / DATA) == built
