@@ -50,6 +50,20 @@ def test_aggregation_matches_hand_computed_values():
     assert out["paircomp.s_g"] == pytest.approx((50.0 + 63.2456) / 2, abs=1e-4)
 
 
+def test_published_check_the_average_is_the_unweighted_mean_of_six_categories():
+    """benchmarks.md: Janus-FocusDiff-7B's six category s_a values sum to 509.7, average 84.95 (85.0).
+    Only the sum is published here, so any six values with that sum make the check."""
+    categories = ["overall_appearance", "color", "counting", "position", "style_tone", "text"]
+    values = [0.90, 0.85, 0.80, 0.88, 0.846, 0.821]  # sum 5.097
+    sizes = [5, 1, 1, 1, 2, 1]  # unequal category sizes, as in the official 250/50/50/50/100/50
+    pairs = _pairs([c for c, n in zip(categories, sizes) for _ in range(n)])
+    scores = np.array([[v] * 4 for v, n in zip(values, sizes) for _ in range(n)])
+    out = paircomp.aggregate(pairs, scores, bootstrap=0)["metrics"]
+    assert sum(out[f"paircomp.{c}.s_a"] for c in categories) == pytest.approx(509.7)
+    assert out["paircomp.s_a"] == pytest.approx(84.95)
+    assert out["paircomp.s_g"] == pytest.approx(84.95)  # constant scores: g = a
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
     rng = np.random.default_rng(0)
     pairs = _pairs(["color"] * 30 + ["position"] * 30)
