@@ -46,7 +46,8 @@ VENV_BIN = Path(sys.executable).parent
 
 # Outputs of the real checkout that a copy must never inherit. Most are git-ignored
 # (so `git ls-files` skips them anyway); the list is the second line of defence.
-EXCLUDED_TOP = {".venv", "data", "mlflow.db", "mlartifacts", ".dvc-storage", "mlruns", "outputs", "runs"}
+EXCLUDED_TOP = {".venv", "data", "mlflow.db", "mlartifacts", ".dvc-storage", "mlruns", "outputs", "runs",
+                "models", "metrics"}  # DVC outputs and metrics of a local `focusdiff pipeline`
 EXCLUDED_PATHS = {".dvc/cache", ".dvc/tmp", ".dvc/config.local", "dvc.lock"}
 
 # Small enough that a ShapesWorld build takes ~1 s (60 pairs, 8 prompts).
