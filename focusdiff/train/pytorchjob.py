@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +100,7 @@ def render_job(cfg: PyTorchJobConfig, flow_run_id: str, env: dict[str, str] | No
         specs["Worker"]["replicas"] = cfg.nodes - 1
     else:
         specs.pop("Worker", None)
+    extra = [{"name": k, "value": v} for k, v in (env or {}).items()]
     for role, spec in specs.items():
         containers = (((spec.get("template") or {}).get("spec") or {}).get("containers")) or []
         if not containers:
@@ -107,7 +108,6 @@ def render_job(cfg: PyTorchJobConfig, flow_run_id: str, env: dict[str, str] | No
         for container in containers:
             if cfg.image:
                 container["image"] = cfg.image
-            extra = [{"name": k, "value": v} for k, v in (env or {}).items()]
             container["env"] = [e for e in container.get("env") or [] if e.get("name") not in (env or {})] + extra
     return job
 
@@ -201,9 +201,12 @@ def job_state(job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _message(exc: Any) -> str:
-    body = getattr(exc, "body", None) or ""
-    match = re.search(r'"message"\s*:\s*"([^"]*)"', str(body))
-    return match.group(1) if match else str(body)[:300]
+    """The API server's Status message, else the start of the body."""
+    body = str(getattr(exc, "body", None) or "")
+    try:
+        return str(json.loads(body)["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:300]
 
 
 def run_training_job(cfg: PyTorchJobConfig, flow_run_id: str, env: dict[str, str],
@@ -211,7 +214,7 @@ def run_training_job(cfg: PyTorchJobConfig, flow_run_id: str, env: dict[str, str
     """Submit (or adopt) this flow run's training job and wait for it; returns the final job."""
     job = render_job(cfg, flow_run_id, env)
     jobs = PyTorchJobs(cfg.kubeconfig)
-    created, adopted = jobs.submit(job)
+    _, adopted = jobs.submit(job)
     meta = job["metadata"]
     log(f"PyTorchJob {meta['namespace']}/{meta['name']}: {'adopted (flow retried)' if adopted else 'created'}, "
         f"{cfg.nodes} node(s)")
