@@ -73,18 +73,10 @@ HEADLINE = ("s_g", "s_a", "overall", "mean_of_categories")
 
 def champion_version(params) -> str | None:
     """The version the `champion` alias points at now, or None when there is none yet."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from focusdiff.registry.store import champion
 
-    from focusdiff.tracking import tracking_uri
-
-    uri = tracking_uri(params.tracking)
-    try:
-        return str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(params.promote.model_name, "champion").version)
-    except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-            return None
-        raise
+    current = champion(params.promote, params.tracking)
+    return None if current is None else str(current.version)
 
 
 BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_lm")

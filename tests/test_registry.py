@@ -22,7 +22,7 @@ from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
 from focusdiff.registry.gate import GateConfig
-from focusdiff.registry.store import RegistryError, promote, record_evaluation, record_failure, register_policy
+from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation, record_failure, register_policy
 from focusdiff.tracking import StageRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +64,9 @@ def _evaluate(reg, tracking, tmp_path, g: float, fail: str | None = None, geneva
 def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts"))
     gate = GateConfig(model_name="focusdiff-test", margin=1.0, floor=20.0, bootstrap=300)
+    assert champion(gate, tracking) is None  # no registered model yet
     first = _register(policy_dir, gate, tracking, **{"prefect.flow_run_id": "flow-1"})
+    assert champion(gate, tracking) is None  # a model, but no champion alias yet
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     v1 = client.get_model_version_by_alias("focusdiff-test", "challenger")
     assert str(v1.version) == first["version"] == "1"
@@ -78,6 +80,7 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     _evaluate(first, tracking, tmp_path, g=0.40)
     decision = promote(gate, tracking)
     assert decision.promote and str(client.get_model_version_by_alias("focusdiff-test", "champion").version) == "1"
+    assert str(champion(gate, tracking).version) == "1"
     assert client.get_model_version("focusdiff-test", "1").tags["gate.decision"] == "promoted"
     again = promote(gate, tracking)  # idempotent
     assert not again.promote and again.reasons == ["version 1 is already the champion"]
@@ -110,6 +113,22 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     assert image.size == (32, 32)
     with pytest.raises(RegistryError, match="registered model 'focusdiff-test' has no version '9'"):
         promote(gate, tracking, challenger="9")
+
+
+def test_an_unreachable_registry_is_an_error_never_no_champion(monkeypatch):
+    """'No champion yet' lets any challenger through the gate, so only the registry's own
+    answer (no such model, no such alias) means that; a registry that cannot answer is an error."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    tracking = TrackingConfig(uri=f"http://127.0.0.1:{port}")
+    gate = GateConfig(model_name="focusdiff-test")
+    with pytest.raises(RegistryError, match="registered model 'focusdiff-test': cannot read its 'champion' alias"):
+        champion(gate, tracking)
 
 
 def test_registration_on_a_tracking_server_with_s3_artifacts(policy_dir, mlflow_tracking, tmp_path):

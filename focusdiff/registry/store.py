@@ -139,14 +139,25 @@ def evidence(client: MlflowClient, name: str, version, gate: GateConfig) -> Evid
     return Evidence(str(version.version), metrics, status, pairs, tags.get("eval.paircomp.evaluator", ""))
 
 
+def champion(gate: GateConfig, tracking: TrackingConfig, client: MlflowClient | None = None):
+    """The version the champion alias points at, or None when there is no champion yet (no such
+    registered model, or no such alias). Any other registry failure (server down, permission
+    denied) is a RegistryError: treating it as "no champion" would let any challenger through."""
+    client = client or _client(tracking)
+    try:
+        return client.get_model_version_by_alias(gate.model_name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or f"alias {CHAMPION} not found" in exc.message:
+            return None
+        raise RegistryError(f"registered model {gate.model_name!r}: cannot read its {CHAMPION!r} alias: "
+                            f"{exc.message}") from None
+
+
 def promote(gate: GateConfig, tracking: TrackingConfig, challenger: str = CHALLENGER, dry_run: bool = False) -> Decision:
     client = _client(tracking)
     name = gate.model_name
     candidate = _version(client, name, challenger)
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
+    current = champion(gate, tracking, client)
     if current is not None and str(current.version) == str(candidate.version):
         return Decision(False, [f"version {candidate.version} is already the champion"], {"champion": current.version})
     decision = decide(evidence(client, name, candidate, gate),
