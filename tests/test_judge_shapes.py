@@ -20,8 +20,10 @@ from focusdiff.judge.configs import ShapesJudgeConfig
 from focusdiff.judge.report import calibrate, dataset_items
 from focusdiff.judge.select import build_judge
 from focusdiff.judge.shapes_judge import (
+    IGNORE,
     ShapesJudge,
     Vocabulary,
+    background_target,
     build_vocabulary,
     find_regions,
     save_judge,
@@ -57,12 +59,31 @@ TWO = Scene(background="gray", objects=(Obj("circle", "red", "large", 8, 8), Obj
 def test_regions_are_the_objects_with_their_place_and_color():
     regions = find_regions(render(TWO), max_objects=10, crop=16, fg_threshold=48, min_area=3)
     assert np.allclose(regions.background * 255, (128, 128, 128))
-    assert regions.crops.shape == (2, 3, 16, 16) and regions.geometry.shape == (2, 8)
+    assert regions.crops.shape == (2, 1, 16, 16) and regions.geometry.shape == (2, 8)
     red, blue = regions.geometry  # reading order: the red circle starts higher up
     assert np.allclose(red[:3] * 255, (220, 30, 30), atol=1) and np.allclose(blue[:3] * 255, (30, 70, 220), atol=1)
     assert abs(red[4] * 32 - 8.5) < 0.6 and abs(red[5] * 32 - 8.5) < 0.6  # centre, in pixel-centre units
     assert abs(blue[4] * 32 - 10.5) < 0.6 and abs(blue[5] * 32 - 24.5) < 0.6
     assert red[3] > blue[3]  # large vs small area
+
+
+def test_region_crops_carry_form_not_color():
+    """Shape is read from the blob's mask and color from its mean, so a combination never seen
+    in training (a purple triangle) looks to the CNN exactly like a seen one (a red triangle)."""
+    def crop(color: str) -> np.ndarray:
+        scene = Scene(background="gray", objects=(Obj("triangle", color, "large", 16, 16),))
+        return find_regions(render(scene), 10, 16, 48, 3).crops[0]
+
+    red, purple = crop("red"), crop("purple")
+    assert np.array_equal(red, purple)
+    assert red.min() == -1.0 and red.max() == 1.0  # outside and inside the blob
+
+
+def test_background_targets_read_the_caption_and_the_scene():
+    white = Scene(background="white", objects=(Obj("circle", "red", "large", 8, 8),))
+    assert background_target(white, "a red circle on a white background") == 1
+    assert background_target(white, "a red circle on a black background") == 0
+    assert background_target(white, "a red circle") == IGNORE  # no background clause: nothing to learn
 
 
 def test_empty_image_has_no_regions():

@@ -26,7 +26,7 @@ class ShapesJudgeConfig(BaseModel):
     min_area: int = Field(3, ge=1, description="smaller foreground specks are noise, not regions")
 
     # training
-    steps: int = Field(1200, ge=1, description="optimizer steps")
+    steps: int = Field(900, ge=1, description="optimizer steps")
     pairs_per_step: int = Field(32, ge=1, description="fresh train-distribution pairs per step (4 items each)")
     random_negatives: float = Field(
         0.25, ge=0, le=1, description="share of images also asked another pair's caption (labelled by the scene)")

@@ -9,9 +9,11 @@ two is the reward-hacking margin a real run has too.
 What it is: a yes/no VQA model in the bottom-up-attention style of classic VQA
 (region features, not grid patches). The image is cut into regions: the background
 color (the median of the border) and each connected blob of pixels that differ from
-it. Each region is encoded by a small CNN over its crop (resized to `crop` px, other
-pixels set to the background) plus its geometry (mean color, area, centre, box). The
-caption is embedded word by word. A transformer encoder reads [CLS] + words +
+it. Each region is encoded by a small CNN over its mask (the blob's pixels, resized to
+`crop` px) plus its geometry (mean color, area, centre, box). Form and color enter
+separately, so a color/shape combination never seen in training (the held-out ones) is
+read as well as a seen one: with colored crops the CNN tied shape to color and called
+every purple triangle "no". The caption is embedded word by word. A transformer encoder reads [CLS] + words +
 background + regions, and [CLS] gives the logits of (no, yes); P(yes) and P(no) come
 from their softmax, as from a VLM's first answer token. Regions rather than patches
 because binding a color to a shape, counting and relative position are then one
@@ -48,7 +50,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +117,7 @@ class Regions:
     """What the judge sees of one image."""
 
     background: np.ndarray  # (3,) RGB in [0, 1]
-    crops: np.ndarray  # (n, 3, crop, crop) in [-1, 1]
+    crops: np.ndarray  # (n, 1, crop, crop): the blob's mask, in [-1, 1]
     geometry: np.ndarray  # (n, GEOMETRY)
 
 
@@ -134,25 +136,24 @@ def find_regions(image: np.ndarray, max_objects: int, crop: int, fg_threshold: f
     crops, geometry = [], []
     for area, k, (rows, cols) in blobs:
         mask = labels[rows, cols] == k
-        patch = np.where(mask[..., None], img[rows, cols], bg)
-        side = max(patch.shape[:2])  # pad to a square around the blob, keeping its aspect
-        square = np.broadcast_to(bg, (side, side, 3)).copy()
-        top, left = (side - patch.shape[0]) // 2, (side - patch.shape[1]) // 2
-        square[top: top + patch.shape[0], left: left + patch.shape[1]] = patch
-        resized = np.asarray(Image.fromarray(square.clip(0, 255).astype(np.uint8)).resize((crop, crop), Image.BILINEAR))
-        crops.append(resized.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
+        side = max(mask.shape)  # pad to a square around the blob, keeping its aspect
+        square = np.zeros((side, side), dtype=np.uint8)
+        top, left = (side - mask.shape[0]) // 2, (side - mask.shape[1]) // 2
+        square[top: top + mask.shape[0], left: left + mask.shape[1]] = mask * 255
+        resized = np.asarray(Image.fromarray(square).resize((crop, crop), Image.BILINEAR))
+        crops.append(resized[None].astype(np.float32) / 127.5 - 1.0)
         ys, xs = np.nonzero(mask)
         geometry.append([*(img[rows, cols][mask].mean(axis=0) / 255.0), area / (h * w),
                          (xs.mean() + cols.start + 0.5) / w, (ys.mean() + rows.start + 0.5) / h,
                          (cols.stop - cols.start) / w, (rows.stop - rows.start) / h])
-    return Regions(bg / 255.0, np.array(crops, dtype=np.float32).reshape(-1, 3, crop, crop),
+    return Regions(bg / 255.0, np.array(crops, dtype=np.float32).reshape(-1, 1, crop, crop),
                    np.array(geometry, dtype=np.float32).reshape(-1, GEOMETRY))
 
 
 @dataclass(frozen=True)
 class RegionBatch:
     background: torch.Tensor  # (N, 3)
-    crops: torch.Tensor  # (R, 3, crop, crop): every region of every image, concatenated
+    crops: torch.Tensor  # (R, 1, crop, crop): every region of every image, concatenated
     geometry: torch.Tensor  # (R, GEOMETRY)
     slots: torch.Tensor  # (R,) flat index image * max_objects + slot of each region
     max_objects: int
@@ -162,7 +163,7 @@ def batch_regions(regions: Sequence[Regions], max_objects: int) -> RegionBatch:
     slots = [i * max_objects + j for i, r in enumerate(regions) for j in range(len(r.geometry))]
     crop_shape = next((r.crops.shape[1:] for r in regions if len(r.crops)), None)
     crops = (np.concatenate([r.crops for r in regions if len(r.crops)]) if crop_shape else
-             np.zeros((0, 3, 1, 1), dtype=np.float32))
+             np.zeros((0, 1, 1, 1), dtype=np.float32))
     return RegionBatch(
         background=torch.from_numpy(np.stack([r.background for r in regions]).astype(np.float32)),
         crops=torch.from_numpy(crops),
@@ -178,7 +179,7 @@ class JudgeNet(nn.Module):
     def __init__(self, vocab_size: int, width: int, layers: int, heads: int, max_words: int, crop: int):
         super().__init__()
         self.region_cnn = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(),
+            nn.Conv2d(1, 32, 3, padding=1), nn.GELU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.GELU(),
             nn.Flatten(), nn.Linear(64 * (crop // 4) ** 2, width),
@@ -195,7 +196,10 @@ class JudgeNet(nn.Module):
         # The answer reads [CLS] and what the grounding found: where group 1 and group 2 are
         # relative to each other (soft centres) and how many of each there are (soft counts).
         self.relation = nn.Sequential(nn.Linear(4, width), nn.GELU(), nn.Linear(width, width))
-        self.head = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 2))
+        # ... and what the background token found when it read the caption: whether the
+        # caption's background clause holds (supervised by `background_target`).
+        self.head = nn.Sequential(nn.Linear(3 * width, width), nn.GELU(), nn.Linear(width, 2))
+        self.background_check = nn.Linear(width, 2)  # training only: the clause is false, true
         self.attributes = nn.Linear(width, sum(len(v) for v in ATTRIBUTES.values()))  # training only
         self.grounding = nn.Linear(width, 3)  # a region is in the caption's group 1, group 2, or neither
 
@@ -229,6 +233,7 @@ class JudgeNet(nn.Module):
         x = torch.cat([text, image], dim=1)
         pad = torch.cat([tokens == 0, image_pad[image_index]], dim=1)
         x = self.norm(self.encoder(x, src_key_padding_mask=pad))
+        background_out = x[:, tokens.shape[1]]
         grounding = self.grounding(x[:, tokens.shape[1] + 1:])  # (B, K, 3) over the region slots
         p = torch.softmax(grounding, dim=-1) * present.view(n_images, k)[image_index, :, None]
         xy = centres.view(n_images, k, 2)[image_index]
@@ -236,9 +241,9 @@ class JudgeNet(nn.Module):
         c1 = (w1 * xy).sum(1) / (w1.sum(1) + 1e-3)
         c2 = (w2 * xy).sum(1) / (w2.sum(1) + 1e-3)
         relation = self.relation(torch.cat([c1 - c2, w1.sum(1), w2.sum(1)], dim=-1))
-        logits = self.head(torch.cat([x[:, 0], relation], dim=-1))
-        if with_grounding:  # (B, K, 3) over the region slots (after [words, background])
-            return logits, grounding
+        logits = self.head(torch.cat([x[:, 0], relation, background_out], dim=-1))
+        if with_grounding:  # (B, K, 3) over the region slots, (B, 2) the background clause
+            return logits, grounding, self.background_check(background_out)
         return logits
 
 
@@ -343,6 +348,12 @@ def grounding_targets(scene: Scene, regions: Regions, caption_text: str, max_obj
     return out
 
 
+def background_target(scene: Scene, caption_text: str) -> int:
+    """1 if the caption's background clause holds in the scene, 0 if not, IGNORE if it has none."""
+    said = parse_caption(caption_text).background
+    return IGNORE if said is None else int(scene.background == said)
+
+
 def region_targets(scene: Scene, regions: Regions) -> list[list[int]]:
     """For each region: (shape, color, size, glyph) indices of what the scene put there, or IGNORE.
     A glyph scene's regions are all the glyph; otherwise the object whose centre is nearest
@@ -358,6 +369,42 @@ def region_targets(scene: Scene, regions: Regions) -> list[list[int]]:
             target = [SHAPES.index(obj.shape), ATTRIBUTES["color"].index(obj.color), SIZES.index(obj.size), IGNORE]
         out.append(target)
     return out
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """One optimizer step's items, ready for the model: what it sees and every target."""
+
+    regions: RegionBatch
+    index: torch.Tensor  # (B,) the image each item asks about
+    tokens: torch.Tensor  # (B, L) [CLS] + caption words
+    labels: torch.Tensor  # (B,) 1 = the caption is true of the image
+    grounding: torch.Tensor  # (B, max_objects) group of each region's object, see grounding_targets
+    background: torch.Tensor  # (B,) whether the caption's background clause holds, see background_target
+    attributes: torch.Tensor  # (R, 4) shape, color, size, glyph of each region, see region_targets
+
+
+def training_batches(cfg: ShapesJudgeConfig, canvas: int, holdout: frozenset[tuple[str, str]],
+                     vocab: Vocabulary) -> Iterator[TrainingBatch]:
+    """The endless seeded stream of training batches, every target computed from the scene specs.
+    (A DataLoader worker preparing them in parallel was measured slower on 2 cores: torch's two
+    threads and the worker compete for the same cores.)"""
+    arch = cfg.model_dump(include=set(ARCH_FIELDS))
+    stream = ItemStream(cfg, canvas, holdout)
+    while True:
+        scenes, images, index, captions, labels = stream.batch()
+        found = [regions_of(im, arch) for im in images]
+        yield TrainingBatch(
+            regions=batch_regions(found, cfg.max_objects),
+            index=torch.tensor(index),
+            tokens=vocab.batch(captions),
+            labels=torch.tensor(labels),
+            grounding=torch.tensor([grounding_targets(scenes[i], found[i], c, cfg.max_objects)
+                                    for i, c in zip(index, captions)]).reshape(len(index), cfg.max_objects),
+            background=torch.tensor([background_target(scenes[i], c) for i, c in zip(index, captions)]),
+            attributes=torch.tensor([t for scene, r in zip(scenes, found) for t in region_targets(scene, r)],
+                                    dtype=torch.long).reshape(-1, len(ATTRIBUTES)),
+        )
 
 
 def new_model(arch: dict, vocab_size: int) -> JudgeNet:
@@ -381,30 +428,28 @@ def train_judge(
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
-    stream = ItemStream(cfg, canvas, holdout)
+    batches = training_batches(cfg, canvas, holdout, vocab)
     model.train()
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step, batch in zip(range(cfg.steps), batches):
         lr = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
-        scenes, images, index, captions, labels = stream.batch()
-        found = [regions_of(im, arch) for im in images]
-        regions = batch_regions(found, cfg.max_objects)
+        regions = batch.regions
         encoded = model.encode_regions(regions) if len(regions.slots) else None
-        logits, grounding = model(regions, torch.tensor(index), vocab.batch(captions), encoded, with_grounding=True)
-        y = torch.tensor(labels)
+        logits, grounding, background = model(regions, batch.index, batch.tokens, encoded, with_grounding=True)
+        y = batch.labels
         loss = answer_loss = F.cross_entropy(logits, y)
         if cfg.grounding_weight > 0:
-            g = torch.tensor([grounding_targets(scenes[i], found[i], c, cfg.max_objects) for i, c in zip(index, captions)])
-            if (g != IGNORE).any():
-                loss = loss + cfg.grounding_weight * F.cross_entropy(grounding.reshape(-1, 3), g.reshape(-1),
+            if (batch.grounding != IGNORE).any():
+                loss = loss + cfg.grounding_weight * F.cross_entropy(grounding.reshape(-1, 3), batch.grounding.reshape(-1),
                                                                      ignore_index=IGNORE)
+            if (batch.background != IGNORE).any():
+                loss = loss + cfg.grounding_weight * F.cross_entropy(background, batch.background, ignore_index=IGNORE)
         if encoded is not None and cfg.attribute_weight > 0:
-            targets = torch.tensor([t for scene, r in zip(scenes, found) for t in region_targets(scene, r)])
             for column, attribute_logits in enumerate(model.attribute_logits(encoded)):
-                if (targets[:, column] != IGNORE).any():
-                    loss = loss + cfg.attribute_weight * F.cross_entropy(attribute_logits, targets[:, column],
+                if (batch.attributes[:, column] != IGNORE).any():
+                    loss = loss + cfg.attribute_weight * F.cross_entropy(attribute_logits, batch.attributes[:, column],
                                                                          ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -413,7 +458,7 @@ def train_judge(
         if step % cfg.log_every == 0 or step + 1 == cfg.steps:
             acc = float((logits.argmax(-1) == y).float().mean())
             log({"judge/loss": loss.item(), "judge/answer_loss": answer_loss.item(), "judge/train_accuracy": acc, "judge/lr": lr,
-                 "judge/items_per_s": (step + 1) * len(labels) / (time.perf_counter() - t0)}, step)
+                 "judge/items_per_s": (step + 1) * len(y) / (time.perf_counter() - t0)}, step)
     model.eval()
     return model, vocab, time.perf_counter() - t0
 
