@@ -6,39 +6,41 @@ needs a small learned one, trained here in minutes on a CPU. It is deliberately 
 the exact checker: the checker stays the held-out evaluator, and the gap between the
 two is the reward-hacking margin a real run has too.
 
-What it is: a yes/no VQA model in the bottom-up-attention style of classic VQA
-(region features, not grid patches). The image is cut into regions: the background
-color (the median of the border) and each connected blob of pixels that differ from
-it. Each region is encoded by a small CNN over its mask (the blob's pixels, resized to
-`crop` px) plus its geometry (mean color, area, centre, box). Form and color enter
-separately, so a color/shape combination never seen in training (the held-out ones) is
-read as well as a seen one: with colored crops the CNN tied shape to color and called
-every purple triangle "no". The caption is embedded word by word. A transformer encoder reads [CLS] + words +
-background + regions, and [CLS] gives the logits of (no, yes); P(yes) and P(no) come
-from their softmax, as from a VLM's first answer token. Regions rather than patches
+What it is: a yes/no VQA model in the bottom-up-attention style of classic VQA (region
+features, not grid patches). The image is cut into regions: the background color (the
+median of the border) and each connected blob of pixels that differ from it. Each region
+is encoded by a small CNN over its mask (the blob's pixels, resized to `crop` px) plus
+its geometry (mean color, area, centre, box). Form and color enter separately, so a
+color/shape combination never seen in training (the held-out ones) is read as well as a
+seen one: with colored crops the CNN tied shape to color and called every purple
+triangle "no". The caption is embedded word by word. A transformer encoder reads [CLS] +
+words + background + regions, and [CLS] gives the logits of (no, yes); P(yes) and P(no)
+come from their softmax, as from a VLM's first answer token. Regions rather than patches
 because binding a color to a shape, counting and relative position are then one
-attention step each, which is what lets it learn to >= 95% in minutes on a CPU (a
-patch transformer of the same cost was at chance on counting and position after
-28k items). Region finding is generic (no palette, no shape prototypes): shape,
-size, color names and relations are all learned.
+attention step each, which is what lets it learn to >= 95% in minutes on a CPU (a patch
+transformer of the same cost was at chance on counting and position after 28k items).
+Region finding is generic (no palette, no shape prototypes): shape, size, color names
+and relations are all learned.
 
 How it learns: from an endless seeded stream of train-distribution pairs (held-out
-color/shape combinations never appear). Each image is asked its own caption (yes)
-and its partner's, which differs in exactly the detail the pair is about (the hard
-negative, as in the paper); a share of images is also asked a caption of another
-pair. Every label is read from the scene spec by the caption grammar, never
-guessed. Half of the images get a VQ-like perturbation, because the judge scores
-the policy's VQ decodes.
+color/shape combinations never appear). Each image is asked its own caption (yes) and
+its partner's, which differs in exactly the detail the pair is about (the hard negative,
+as in the paper); a share of images is also asked a caption of another pair. Every label
+is read from the scene spec by the caption grammar, never guessed. Half of the images
+get a VQ-like perturbation, because the judge scores the policy's VQ decodes.
 
-Two auxiliary losses make the minutes count. Regions learn to name themselves: an auxiliary head predicts each region's shape,
-color, size and glyph from its encoding, with targets from the scene spec (the object
-whose centre is nearest), as detector features in VQA are pre-trained on attributes.
-And each region, read together with the caption, predicts which of the caption's groups its
-object belongs to (grounding, as MDETR-style VQA models are supervised). The answer head
-reads [CLS] together with what that grounding implies: the offset between the soft
-centres of group 1 and group 2, and their soft counts. Without this path the relations
-("over", "left of") stayed at chance after 900 steps while every other category passed
-88%.
+Three auxiliary losses make the minutes count. Regions learn to name themselves: an
+auxiliary head predicts each region's shape, color, size and glyph from its encoding,
+with targets from the scene spec (the object whose centre is nearest), as detector
+features in VQA are pre-trained on attributes. And each region, read together with the
+caption, predicts which of the caption's groups its object belongs to (grounding, as
+MDETR-style VQA models are supervised). The answer head reads [CLS] together with what
+that grounding implies: the offset between the soft centres of group 1 and group 2, and
+their soft counts. Without this path the relations ("over", "left of") stayed at chance
+after 900 steps while every other category passed 88%. Likewise the background token,
+having read the caption, predicts whether the caption's background clause holds, and the
+answer head reads it: without that, background clauses were judged right on only 77.5%
+of the test items.
 
 A caption with a word the judge has never seen, or longer than `max_words`, is a
 judge failure for that item (never a score).
@@ -475,7 +477,7 @@ def save_judge(directory: Path, cfg: ShapesJudgeConfig, model: JudgeNet, vocab: 
 # The judge
 # --------------------------------------------------------------------------- #
 
-KIND = "focusdiff-shapes-judge/1"
+KIND = "focusdiff-shapes-judge/2"  # 2: mask crops and the background check
 
 
 def load_judge_net(directory: str | Path) -> tuple[JudgeNet, Vocabulary, dict]:
