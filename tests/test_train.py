@@ -204,6 +204,17 @@ def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
     assert cfg.algorithm == "grpo" and logged[0]["train/injected_items"] == 0
 
 
+@pytest.mark.parametrize("norm", [float("inf"), float("nan")])
+def test_a_non_finite_gradient_norm_stops_training_and_says_where(norm):
+    """A diverged step (an overflowing KL gave an infinite norm, then NaN) never reaches the
+    optimizer: the run stops, naming the step and what to change."""
+    from focusdiff.train.trainer import TrainingDiverged, check_gradient_norm
+
+    check_gradient_norm(17, 199.0)  # large but finite: clipping handles it
+    with pytest.raises(TrainingDiverged, match=f"step 18: the gradient norm is {norm} .*newest one on disk is intact"):
+        check_gradient_norm(18, norm)
+
+
 def test_bad_recipe_names_the_key(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"group_size": 1, "judge": {"backend": "openai"}}))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections import defaultdict
@@ -36,6 +37,7 @@ from accelerate.utils import gather_object
 from PIL import Image
 
 from focusdiff.data.schema import load_dataset
+from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.judge.base import Judge
 from focusdiff.model.loading import checkpoint_fingerprint, load_policy
@@ -58,6 +60,21 @@ _FROZEN_PREFIXES = ("model.vision_model", "model.aligner", "model.vqmodel", "lm_
 # Config fields that do not change the trajectory: a checkpoint survives changes to them.
 _NOT_TRAJECTORY = {"threads", "checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "grid_every", "out",
                    "metrics_dir"}
+
+
+class TrainingDiverged(FocusdiffError):
+    """A non-finite gradient norm: stepping on would write NaN into the weights and go on
+    "training" a broken policy (how an injection run once turned to blank images unnoticed)."""
+
+
+def check_gradient_norm(step: int, norm: float) -> None:
+    """Raise TrainingDiverged, saying where and what to change, unless `norm` is finite. The
+    norm is global (all-reduced), so every process raises at the same point."""
+    if not math.isfinite(norm):
+        raise TrainingDiverged(
+            f"step {step}: the gradient norm is {norm} (the loss or the KL overflowed); stopped before writing a "
+            "checkpoint, so the newest one on disk is intact. Lower train.lr, raise train.beta or turn off "
+            "train.inject_ground_truth, then rerun to resume from it")
 
 
 class ImageTokenScorer(torch.nn.Module):
@@ -230,11 +247,15 @@ def train(
                     norm = None
                     if accelerator.sync_gradients:
                         norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+                        if norm is not None:
+                            check_gradient_norm(step, float(norm))  # before the optimizer steps on it
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if accelerator.sync_gradients:
                         # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None here
-                        stats["grad_norm"] += float(norm if norm is not None else scorer.get_global_grad_norm())
+                        norm = float(norm if norm is not None else scorer.get_global_grad_norm())
+                        check_gradient_norm(step, norm)
+                        stats["grad_norm"] += norm
                 timing["backward"] += time.perf_counter() - t
                 stats["kl"] += float(parts.kl)
                 stats["clip_fraction"] += float(parts.clip_fraction)
