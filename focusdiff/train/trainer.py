@@ -252,10 +252,12 @@ def train(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if accelerator.sync_gradients:
-                        # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None here
-                        norm = float(norm if norm is not None else scorer.get_global_grad_norm())
-                        check_gradient_norm(step, norm)
-                        stats["grad_norm"] += norm
+                        if norm is None:
+                            # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None
+                            # above; its norm is known only after its step
+                            norm = scorer.get_global_grad_norm()
+                            check_gradient_norm(step, float(norm))
+                        stats["grad_norm"] += float(norm)
                 timing["backward"] += time.perf_counter() - t
                 stats["kl"] += float(parts.kl)
                 stats["clip_fraction"] += float(parts.clip_fraction)
