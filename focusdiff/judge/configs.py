@@ -33,7 +33,8 @@ class ShapesJudgeConfig(BaseModel):
     attribute_weight: float = Field(
         0.5, ge=0, description="weight of the auxiliary loss naming each region's shape, color, size, glyph")
     grounding_weight: float = Field(
-        0.5, ge=0, description="weight of the auxiliary loss binding each region to the caption's groups")
+        0.5, ge=0, description="weight of the auxiliary losses binding each region to the caption's groups "
+                    "and the background token to the caption's background clause")
     augment: float = Field(0.5, ge=0, le=1, description="share of images given a VQ-like perturbation")
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(60, ge=0)
