@@ -50,6 +50,29 @@ def test_k3_kl_by_hand():
     assert kl.tolist() == pytest.approx([0.5 + math.log(2) - 1, 0.0])  # exp(d) - d - 1 with d = ln 0.5
 
 
+def test_k3_kl_clamp_caps_the_estimate_and_its_gradient():
+    ref = torch.zeros(3)
+    logp = torch.tensor([-1.0, -5.0, -100.0], requires_grad=True)  # d = ref - logp = 1, 5, 100
+    kl = k3_kl(logp, ref, clamp=10.0)
+    assert kl.tolist() == pytest.approx([math.e - 2, 10.0, 10.0])  # exp(5) - 6 = 142.4 is capped; exp(100) too
+    kl.sum().backward()
+    # d/dlogp (exp(d) - d - 1) = 1 - exp(d) below the cap; a capped token pulls nothing
+    assert logp.grad.tolist() == pytest.approx([1 - math.e, 0.0, 0.0])
+    assert torch.isinf(k3_kl(torch.tensor([-100.0]), torch.zeros(1))).item()  # unclamped, as in the reference: overflow
+
+
+def test_dual_clip_bounds_the_loss_of_negative_advantages_by_hand():
+    old = torch.zeros(3)
+    logp = torch.log(torch.tensor([5.0, 2.0, 5.0]))
+    loss, clipped = clipped_surrogate(logp, old, torch.tensor([-1.0, -1.0, 1.0]), epsilon=0.2, dual_clip=3.0)
+    # ratio 5, A=-1: min(-5, -1.2) = -5, below 3 * A = -3, so -3; ratio 2, A=-1: -2 (within);
+    # ratio 5, A=+1: min(5, 1.2) = 1.2 (the ordinary clip; dual-clip only touches A < 0)
+    assert loss.tolist() == pytest.approx([3.0, 2.0, -1.2])
+    assert clipped.tolist() == [True, False, True]
+    loss_plain, _ = clipped_surrogate(logp, old, torch.tensor([-1.0, -1.0, 1.0]), epsilon=0.2)
+    assert loss_plain.tolist() == pytest.approx([5.0, 2.0, -1.2])
+
+
 def test_clipped_surrogate_by_hand():
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 1.5, 1.0, 0.5]))

@@ -70,7 +70,13 @@ class GRPOConfig(_Section):
     steps: int = Field(800, ge=1, description="rollout batches (one per optimizer step when updates_per_batch=1)")
     updates_per_batch: int = Field(1, ge=1, description="policy updates per rollout batch (>1 activates clipping)")
     epsilon: float = Field(0.2, gt=0, lt=1, description="ratio clip")
+    dual_clip: float | None = Field(
+        3.0, gt=1, description="dual-clip PPO: a negative-advantage token's ratio counts at most this much (verl: 3); "
+        "null: unbounded, as in the reference (whose single update per batch never needs it)")
     beta: float = Field(0.04, ge=0, description="weight of the k3 KL to the reference policy")
+    kl_clamp: float | None = Field(
+        10.0, gt=0, description="cap on a token's k3 KL estimate (verl's low_var_kl: 10); a capped token pulls no "
+        "gradient, so one unlikely token cannot blow up the step. null: uncapped, as in the reference")
     logprob_form: Literal["sampling", "reference"] = Field(
         "sampling", description="sampling: the distribution rollouts came from; reference: FocusDiff's l_c-((w-1)/w)l_u")
     sampling: SamplingParams = SamplingParams()

@@ -86,23 +86,45 @@ def learning_rate(step: int, total_steps: int, s: LRSchedule = LRSchedule()) -> 
     return s.mid + (s.final - s.mid) * min(1.0, (step - s.mid_step) / (last - s.mid_step))
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): exp(ref - logp) - (ref - logp) - 1 (>= 0).
+
+    With `clamp`, a token's estimate is capped there (verl's "low_var_kl" caps it at 10) and a
+    capped token pulls no gradient. Why: k3's gradient is 1 - exp(ref - logp). Under CFG the
+    sampling distribution is sharp, so a token the policy finds unlikely (an injected ground
+    truth's, often logp < -50) moves its logp by several nats per step, and exp() of that one
+    token's gap can outweigh the whole batch (gradient norms of 1e13, then inf, measured on
+    ShapesWorld). The log-ratio is also clamped at 20 first so exp() cannot overflow.
+    """
     d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    if clamp is None:
+        return torch.exp(d) - d - 1
+    d = d.clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1).clamp(max=clamp)
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon: float = 0.2):
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, epsilon: float = 0.2,
+                      dual_clip: float | None = None):
     """Per-token PPO objective to MINIMISE: -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A).
 
-    `advantages` is per image, broadcast over its tokens. Returns (loss per token,
-    whether each token was clipped).
+    `advantages` is per image, broadcast over its tokens. With `dual_clip` = c (> 1), a token
+    with A < 0 loses at most -c * A (dual-clip PPO, Ye et al. 2020; verl's clip_ratio_c = 3):
+    for A < 0 the ratio is otherwise unbounded above, and a CFG-sharpened token the policy
+    found unlikely can gain several nats in one update (ratio e^10, measured). Returns (loss
+    per token, whether each token was clipped).
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages.unsqueeze(-1) if advantages.dim() == logp.dim() - 1 else advantages
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - epsilon, 1 + epsilon) * adv
-    return -torch.minimum(unclipped, clipped), (clipped < unclipped)
+    objective = torch.minimum(unclipped, clipped)
+    was_clipped = clipped < unclipped
+    if dual_clip is not None:
+        floor = dual_clip * adv
+        dual = (adv < 0) & (objective < floor)
+        objective = torch.where(dual, floor.expand_as(objective), objective)
+        was_clipped = was_clipped | dual
+    return -objective, was_clipped
 
 
 @dataclass(frozen=True)
@@ -120,10 +142,14 @@ def policy_loss(
     epsilon: float = 0.2,
     beta: float = 0.04,
     mask: torch.Tensor | None = None,
+    kl_clamp: float | None = None,
+    dual_clip: float | None = None,
 ) -> LossParts:
-    """Pair-GRPO's loss for images x tokens log-probs; `mask` (same shape) marks real tokens."""
-    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, epsilon)
-    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    """Pair-GRPO's loss for images x tokens log-probs; `mask` (same shape) marks real tokens;
+    `kl_clamp` caps each token's k3 estimate (see k3_kl); `dual_clip` bounds the loss of
+    negative-advantage tokens (see clipped_surrogate)."""
+    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, epsilon, dual_clip)
+    kl = k3_kl(logp, ref_logp, kl_clamp) if ref_logp is not None else torch.zeros_like(logp)
     per_token = per_token + beta * kl
     if mask is None:
         mask = torch.ones_like(logp, dtype=torch.bool)

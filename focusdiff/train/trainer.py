@@ -310,7 +310,8 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
         old = logp.detach()  # one update per batch: ratio 1, as in the reference
     ref = torch.cat([e.ref_logp for e in use]) if cfg.beta > 0 else None
     adv = torch.cat([e.advantages for e in kept]) if kept else torch.zeros(len(tokens))
-    parts = policy_loss(logp, old, ref, adv.to(logp.device), cfg.epsilon, cfg.beta)
+    parts = policy_loss(logp, old, ref, adv.to(logp.device), cfg.epsilon, cfg.beta, kl_clamp=cfg.kl_clamp,
+                        dual_clip=cfg.dual_clip)
     if not kept:
         parts = type(parts)(loss=parts.loss * 0.0, kl=parts.kl, clip_fraction=parts.clip_fraction)
     gap = None
