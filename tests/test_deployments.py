@@ -4,7 +4,7 @@ the DVC remote on the same S3 endpoint. All on 127.0.0.1, all started and stoppe
 
 The embedded pipeline deployment runs end to end: the trained policy is registered, its
 four evaluations land on the version, and the gate makes it champion. A second run whose
-training diverges (a learning rate of 1.0) fails loudly and registers nothing; a third
+training diverges (a learning rate of 1e30) fails loudly and registers nothing; a third
 whose DPG-Bench judge cannot be reached fails, records the failure on its version, and
 the promote deployment then refuses it. (A worse-but-finite challenger being rejected is
 covered by test_registry and test_gate.)
@@ -85,7 +85,10 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             first_md5 = {out: proj.lock_md5(out) for out in ("data/pairs", "models/shapes-judge", "models/grpo")}
 
             # A diverging run: the trainer stops at the first non-finite gradient norm; nothing is registered.
-            proj.update_params({"train": {"lr": {"peak": 1.0}}})
+            # (An absurd learning rate overflows the weights on the first update. Since the KL cap and the
+            # dual clip, a merely large one, 1.0, trains a broken but finite policy, which the gate rejects:
+            # test_registry and test_gate cover that.)
+            proj.update_params({"train": {"lr": {"peak": 1.0e30}}})
             diverged = run_deployment("focusdiff-pipeline/embedded")
             assert diverged["state_type"] == "FAILED", diverged["state"]
             assert "the gradient norm is" in str(diverged["state"]), (diverged["state"], worker.log_tail())
