@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from transformers import JanusForConditionalGeneration
 
 from focusdiff.config import ShapesDataConfig, load_recipe
 from focusdiff.data.schema import load_dataset
-from focusdiff.errors import ConfigError
+from focusdiff.errors import ConfigError, DataError
 from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
 from focusdiff.judge.exact import ExactJudge
 from focusdiff.model.configs import VQTrainConfig
@@ -375,3 +376,17 @@ def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
     text = markdown(cells)
     assert "**Scored by the exact checker (held out)**" in text and "| pair-grpo | " in text
     assert (tmp_path / "ablate" / "ablation.json").is_file()
+
+    # a rerun with the same configuration reuses every finished run's scores instead of training again
+    for run in ("grpo-seed0", "grpo-seed1", "pair-grpo-seed0", "pair-grpo-seed1"):
+        shutil.rmtree(tmp_path / "ablate" / run / "policy")  # retraining would need (and rewrite) these
+    again = run_ablation(params, seeds=[0, 1], out=tmp_path / "ablate", variants=["grpo", "pair-grpo"])
+    assert [c.__dict__ for c in again if c.variant != "base"] == [c.__dict__ for c in cells if c.variant != "base"]
+    assert not (tmp_path / "ablate" / "grpo-seed0" / "policy").exists()
+    # another configuration trains that run again; a damaged scores file is an error naming it
+    (tmp_path / "ablate" / "grpo-seed1" / "cells.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"grpo-seed1/cells.json: not a finished ablation run's scores"):
+        run_ablation(params, seeds=[1], out=tmp_path / "ablate", variants=["grpo"])
+    other = params.model_copy(update={"train": params.train.model_copy(update={"beta": 0.5})})
+    run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"])
+    assert (tmp_path / "ablate" / "grpo-seed0" / "policy" / "model.safetensors").is_file()

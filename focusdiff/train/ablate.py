@@ -12,10 +12,15 @@ Each trained policy (and the base) is scored on PairComp's held-out test pairs t
 the reward judge it was trained against and by the exact checker (the held-out
 evaluator, which training never sees). The table reports mean +- std over seeds of s_a
 and s_g, overall and per category; all numbers also go to MLflow and a JSON file.
+
+The whole ablation is hours on a CPU, so each finished (variant, seed) run keeps its scores
+in <out>/<variant>-seed<seed>/cells.json with the configuration that produced them; a rerun
+with the same configuration reuses them (and says so) instead of training again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +73,45 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
             cfg = params.train.model_copy(update={**VARIANTS[variant], "seed": seed, "out": run_dir / "policy",
                                                   "checkpoint_dir": run_dir / "checkpoints",
                                                   "metrics_dir": run_dir / "metrics"})
-            train(cfg, build_judge(cfg.judge), progress=False)
-            for name, spec in judges.items():
-                cells.append(Cell(variant, seed, name, _paircomp(params, str(cfg.out), run_dir / "eval", spec)))
+            key = _run_key(cfg, params, judges)
+            done = _finished(run_dir / CELLS_FILE, key)
+            if done is not None:
+                print(f"{run_dir}: reusing the scores of a finished run with this configuration (delete it to retrain)")
+                cells += done
+            else:
+                train(cfg, build_judge(cfg.judge), progress=False)
+                mine = [Cell(variant, seed, name, _paircomp(params, str(cfg.out), run_dir / "eval", spec))
+                        for name, spec in judges.items()]
+                atomic_write_json(run_dir / CELLS_FILE, {"key": key, "cells": [c.__dict__ for c in mine]})
+                cells += mine
             log({f"ablate.{variant}.seed{seed}.{k}": v for c in cells[-2:] for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     atomic_write_json(out / "ablation.json", [c.__dict__ for c in cells])
     return cells
+
+
+CELLS_FILE = "cells.json"
+
+
+def _run_key(cfg, params: Params, judges: dict[str, Any]) -> str:
+    """What a run's scores depend on: its training config, the evaluation config, the judges."""
+    what = {"train": cfg.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
+            "judges": {k: v.model_dump(mode="json") for k, v in judges.items()}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _finished(path: Path, key: str) -> list[Cell] | None:
+    """The scores of a finished run with this key; None when there are none or they are another config's.
+    A file that does not parse is an error naming it, not a silent retrain over it."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text("utf-8"))
+        return [Cell(**c) for c in saved["cells"]] if saved["key"] == key else None
+    except (ValueError, KeyError, TypeError) as exc:
+        from focusdiff.errors import DataError
+
+        raise DataError(f"{path}: not a finished ablation run's scores ({exc}); delete it to rerun that run") from exc
 
 
 def table(cells: list[Cell], judge: str) -> list[dict[str, Any]]:
