@@ -15,7 +15,8 @@ and s_g, overall and per category; all numbers also go to MLflow and a JSON file
 
 The whole ablation is hours on a CPU, so each finished (variant, seed) run keeps its scores
 in <out>/<variant>-seed<seed>/cells.json with the configuration that produced them; a rerun
-with the same configuration reuses them (and says so) instead of training again.
+with the same configuration reuses them (and says so) instead of training again. The code
+is not part of that configuration: after changing it, delete the folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from focusdiff.config import Params
+from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json
 
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -36,6 +38,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
 }
+CELLS_FILE = "cells.json"  # a finished run's scores, beside its policy
 
 
 @dataclass
@@ -90,11 +93,9 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     return cells
 
 
-CELLS_FILE = "cells.json"
-
-
 def _run_key(cfg, params: Params, judges: dict[str, Any]) -> str:
-    """What a run's scores depend on: its training config, the evaluation config, the judges."""
+    """What a run's scores depend on: its training config, the evaluation config, the judges.
+    Not the code: after changing the trainer or a benchmark, delete <out> to measure anew."""
     what = {"train": cfg.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
             "judges": {k: v.model_dump(mode="json") for k, v in judges.items()}}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -109,8 +110,6 @@ def _finished(path: Path, key: str) -> list[Cell] | None:
         saved = json.loads(path.read_text("utf-8"))
         return [Cell(**c) for c in saved["cells"]] if saved["key"] == key else None
     except (ValueError, KeyError, TypeError) as exc:
-        from focusdiff.errors import DataError
-
         raise DataError(f"{path}: not a finished ablation run's scores ({exc}); delete it to rerun that run") from exc
 
 
