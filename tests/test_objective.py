@@ -95,3 +95,12 @@ def test_policy_loss_means_over_tokens_then_images():
     assert parts.kl.item() == pytest.approx(k3)
     assert parts.loss.item() == pytest.approx(((-1.0 + 0.5 * k3) + (2.0 + 0.5 * k3)) / 2)
     assert parts.clip_fraction.item() == 0.0  # ratio 1: one update per batch never clips
+    assert parts.kl_capped_fraction.item() == 0.0  # no cap set
+
+
+def test_policy_loss_reports_the_share_of_capped_kl_tokens_by_hand():
+    logp = torch.tensor([[-1.0, -5.0, -100.0], [0.0, 0.0, 0.0]])  # d = ref - logp = 1, 5, 100; 0, 0, 0
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    parts = policy_loss(logp, logp, torch.zeros(2, 3), torch.zeros(2), beta=0.1, mask=mask, kl_clamp=10.0)
+    assert parts.kl_capped_fraction.item() == pytest.approx(2 / 5)  # d = 5 and d = 100 hit the cap; 5 real tokens
+    assert parts.kl.item() == pytest.approx(((math.e - 2 + 10 + 10) / 3 + 0.0) / 2)  # the capped mean

@@ -130,8 +130,9 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
 @dataclass(frozen=True)
 class LossParts:
     loss: torch.Tensor  # scalar: mean over tokens of an image, then over images
-    kl: torch.Tensor  # scalar, same averaging
+    kl: torch.Tensor  # scalar, same averaging (of the capped estimate when kl_clamp is set)
     clip_fraction: torch.Tensor  # share of tokens whose ratio was clipped
+    kl_capped_fraction: torch.Tensor  # share of tokens whose k3 estimate hit kl_clamp (0 without it)
 
 
 def policy_loss(
@@ -155,8 +156,12 @@ def policy_loss(
         mask = torch.ones_like(logp, dtype=torch.bool)
     m = mask.to(logp.dtype)
     per_image = lambda x: (x * m).sum(-1) / m.sum(-1).clamp(min=1)  # noqa: E731
+    # The capped mean understates drift; the share of capped tokens is what shows it.
+    capped = kl >= kl_clamp if kl_clamp is not None else torch.zeros_like(mask)
+    share = lambda flags: (flags & mask).to(logp.dtype).sum().detach() / m.sum().clamp(min=1)  # noqa: E731
     return LossParts(
         loss=per_image(per_token).mean(),
         kl=per_image(kl).mean().detach(),
-        clip_fraction=(was_clipped & mask).to(logp.dtype).sum().detach() / m.sum().clamp(min=1),
+        clip_fraction=share(was_clipped),
+        kl_capped_fraction=share(capped),
     )

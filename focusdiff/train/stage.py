@@ -28,7 +28,8 @@ REGISTRATION_FILE = "registration.json"
 DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
 
 # Curves DVC plots (`dvc plots show`): one row per step.
-CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "train/clip_fraction", "train/lr",
+CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction",
+                 "train/clip_fraction", "train/lr",
                  "train/injection_probability", "train/grad_norm", "train/images_per_s")
 
 
@@ -95,7 +96,7 @@ def summary(result: TrainResult) -> dict[str, Any]:
     if not history:
         return {"steps": result.steps, "resumed_from": result.resumed_from}
     tail = history[-max(1, len(history) // 10):]
-    keys = ("train/reward_mean", "train/kl", "train/clip_fraction")
+    keys = ("train/reward_mean", "train/kl", "train/kl_capped_fraction", "train/clip_fraction")
     return {
         "steps": result.steps,
         "resumed_from": result.resumed_from,

@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,7 @@ def train(
                 timing["backward"] += time.perf_counter() - t
                 stats["kl"] += float(parts.kl)
                 stats["clip_fraction"] += float(parts.clip_fraction)
+                stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
                 if gap is not None:
                     stats["logprob_gap"] += gap
         metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step)
@@ -313,7 +314,7 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     parts = policy_loss(logp, old, ref, adv.to(logp.device), cfg.epsilon, cfg.beta, kl_clamp=cfg.kl_clamp,
                         dual_clip=cfg.dual_clip)
     if not kept:
-        parts = type(parts)(loss=parts.loss * 0.0, kl=parts.kl, clip_fraction=parts.clip_fraction)
+        parts = replace(parts, loss=parts.loss * 0.0)
     gap = None
     if first:
         sampled = ~torch.cat([e.is_real for e in use]).to(logp.device)
@@ -346,7 +347,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
     sums["images"] = sum(len(e.tokens) for b in micro_batches for e in b)
     sums["sampled_images"] = sum(int((~e.is_real).sum()) for b in micro_batches for e in b)
     per_update = cfg.updates_per_batch * cfg.grad_accum
-    for k in ("kl", "clip_fraction", "logprob_gap"):
+    for k in ("kl", "clip_fraction", "kl_capped_fraction", "logprob_gap"):
         sums[k] = stats.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
     sums["grad_norm"] = stats.get("grad_norm", 0.0) / cfg.updates_per_batch
     sums.update({f"time_{k}": v for k, v in timing.items()})
@@ -364,6 +365,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
         "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
         "train/kl": sums["kl"] / world,
         "train/clip_fraction": sums["clip_fraction"] / world,
+        "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,
         "train/logprob_gap": sums["logprob_gap"] / world,
         "train/grad_norm": sums["grad_norm"] / world,
         "train/items": sums["items"],
