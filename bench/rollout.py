@@ -2,8 +2,9 @@
 vs the naive loop of the reference FocusDiff code (re-feeding embeddings through a dynamic
 cache step by step). Same model, same batch, same seeds; each warmed up, then timed in
 turns (naive, generate, ours, naive, ...) so that a change in the machine's load hits all
-three alike; prints images/s (median per sampler) and the ratios. Not a test: run it,
-read the ratios.
+three alike; prints images/s (median per sampler) and the ratios, then this sampler's
+decode step time against the floor set by reading the weights once per step from memory
+(decode of one token per row is memory-bound on a GPU). Not a test: run it, read the ratios.
 
   ./uvw run python bench/rollout.py                    # CPU, ShapesWorld base architecture
   ./uvw run python bench/rollout.py --distinct         # 16 different prompts instead of one prompt 16 times
@@ -70,6 +71,38 @@ def ours(policy: Policy, prompts: list[str], seed: int, s: SamplingConfig) -> to
     return sample(policy, prompts, [seed + i for i in range(len(prompts))], s, decode=False).tokens
 
 
+# Peak memory bandwidth (GB/s) by device name, from the vendors' data sheets; --bandwidth-gbs overrides.
+BANDWIDTH_GBS = {"H200": 4800.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0,
+                 "A100 80GB PCIe": 1935.0, "A100": 1555.0, "L40S": 864.0, "A10G": 600.0}
+
+
+def device_bandwidth_gbs(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((gbs for key, gbs in BANDWIDTH_GBS.items() if key in name), None)
+
+
+def decode_weight_bytes(policy: Policy) -> int:
+    """Bytes a decode step must read at least once: the language model's layers, its final
+    norm, the generation head and the image-token aligner (one embedding row per token is
+    negligible; the KV cache comes on top and grows with the position)."""
+    model = policy.model.model
+    parts = [model.language_model.layers, model.language_model.norm, model.generation_head, model.generation_aligner]
+    return sum(p.numel() * p.element_size() for part in parts for p in part.parameters())
+
+
+@torch.no_grad()
+def prefill_seconds(policy: Policy, prompts: list[str], repeats: int) -> float:
+    """One forward of the distinct prompt rows (conditional and unconditional), as the sampler's
+    first step (it prefills a repeated prompt once)."""
+    b = build_prompt_batch(policy.tokenizer, list(dict.fromkeys(prompts)), policy.device)
+    run = lambda: policy.model.model.language_model(input_ids=b.input_ids, attention_mask=b.attention_mask,  # noqa: E731
+                                                    position_ids=b.position_ids, use_cache=True)
+    run()
+    return statistics.median(timed(run) for _ in range(repeats))
+
+
 def timed(fn, *args) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -119,6 +152,8 @@ def main() -> None:
                     help="different prompts (default: one prompt batch times, as a GRPO group samples it)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--bandwidth-gbs", type=float, default=None,
+                    help="memory bandwidth for the decode floor (default: known GPUs' data-sheet peak)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,6 +177,15 @@ def main() -> None:
     base = results["naive loop (reference)"]
     print(f"ratio focusdiff/naive: {base / results['focusdiff sampler']:.2f}x; "
           f"focusdiff/generate: {results['transformers generate'] / results['focusdiff sampler']:.2f}x")
+    # The sampler's time less one prompt pass, over its decode steps (the first token comes from the prefill).
+    step = (results["focusdiff sampler"] - prefill_seconds(policy, prompts, args.repeats)) / (policy.num_image_tokens - 1)
+    weights = decode_weight_bytes(policy)
+    line = f"decode step {step * 1e3:.2f} ms per token for {2 * args.batch} CFG rows; weights read per step {weights / 1e6:.1f} MB"
+    bandwidth = args.bandwidth_gbs or device_bandwidth_gbs(device)
+    if bandwidth:
+        floor = weights / (bandwidth * 1e9)
+        line += f"; floor at {bandwidth:.0f} GB/s {floor * 1e3:.3f} ms: step / floor {step / floor:.1f}x"
+    print(line)
 
 
 if __name__ == "__main__":
