@@ -185,15 +185,22 @@ def bootstrap_lm(
 @bootstrap_app.command("report")
 def bootstrap_report(
     policy: Annotated[str, typer.Option(help="shapes-base, a checkpoint directory, or a hub id")] = "shapes-base",
-    pairs_per_category: int = 20,
-    seed: int = 4321,
-    cfg_weight: float = 5.0,
+    pairs_per_category: Annotated[Optional[int], typer.Option(
+        min=1, help="default: bootstrap.lm.eval_pairs_per_category (the stage's own quality set)")] = None,
+    seed: Annotated[int, typer.Option(help="the stage measures with 4321")] = 4321,
+    cfg_weight: Annotated[Optional[float], typer.Option(help="default: bootstrap.lm.cfg_weight")] = None,
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Measure how well a policy draws ShapesWorld prompts (sampled, read by the exact checker)."""
+    """Measure how well a policy draws ShapesWorld prompts (sampled, read by the exact checker).
+    With the defaults this repeats the bootstrap_lm stage's measurement (its record's figures)."""
     from focusdiff.model.loading import load_policy
     from focusdiff.model.quality import policy_quality
     from focusdiff.model.sampler import SamplingConfig
 
+    if pairs_per_category is None or cfg_weight is None:
+        lm = _params(params).bootstrap.lm
+        pairs_per_category = pairs_per_category or lm.eval_pairs_per_category
+        cfg_weight = lm.cfg_weight if cfg_weight is None else cfg_weight
     report = policy_quality(load_policy(policy), pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
     table = Table(title=f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}")
     table.add_column("category")

@@ -84,3 +84,15 @@ def test_bootstrap_report_prints_quality_table(policy_dir):
     for cat in ("color", "counting", "overall appearance", "position", "style tone", "text"):
         assert cat in result.output
     assert "single-object prompts right:" in result.output and "12 images" in result.output
+
+
+def test_bootstrap_report_defaults_to_the_stage_quality_set(policy_dir, tmp_path):
+    """Without --pairs-per-category it measures what the bootstrap_lm stage measured."""
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text("utf-8"))
+    params["bootstrap"]["lm"]["eval_pairs_per_category"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), "utf-8")
+    result = runner.invoke(app, ["bootstrap", "report", "--policy", str(policy_dir), "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "12 images, 1 pairs per" in " ".join(result.output.split())  # rich wraps the title
