@@ -182,7 +182,8 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
                    progress=False)
     assert result.out == cfg.out and [s for s, _ in logged] == [0, 1, 2] and grids == [0, 1, 2]
     first = logged[0][1]
-    for key in ("train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction", "train/clip_fraction", "train/lr", "train/grad_norm",
+    for key in ("train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction", "train/clip_fraction",
+                "train/lr", "train/grad_norm",
                 "train/injection_probability", "train/injected_items", "train/dropped_items", "train/images_per_s",
                 "time/rollout_s", "time/judge_s", "time/logprobs_s", "time/backward_s"):
         assert key in first, key
