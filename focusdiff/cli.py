@@ -222,7 +222,7 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("outputs/generate"),
     n: Annotated[int, typer.Option("--n", help="images per prompt")] = 4,
     seed: int = 0,
-    cfg_weight: float = 5.0,
+    cfg_weight: Annotated[Optional[float], typer.Option(help="default: the policy's generation_config.guidance_scale")] = None,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -246,11 +246,12 @@ def generate(
     from focusdiff.model.loading import load_policy
     from focusdiff.model.sampler import SamplingConfig
 
+    loaded = load_policy(policy, device=device)
     try:
-        sampling = SamplingConfig(cfg_weight=cfg_weight, temperature=temperature, top_k=top_k, top_p=top_p)
+        sampling = SamplingConfig(cfg_weight=loaded.guidance_scale if cfg_weight is None else cfg_weight,
+                                  temperature=temperature, top_k=top_k, top_p=top_p)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    loaded = load_policy(policy, device=device)
     with Progress(console=console) as progress:
         task = progress.add_task("generating", total=len(texts) * n)
         generate_images(loaded, texts, out, images_per_prompt=n, seed=seed, sampling=sampling,

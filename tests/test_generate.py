@@ -96,3 +96,20 @@ def test_bootstrap_report_defaults_to_the_stage_quality_set(policy_dir, tmp_path
     result = runner.invoke(app, ["bootstrap", "report", "--policy", str(policy_dir), "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 0, result.output
     assert "12 images, 1 pairs per" in " ".join(result.output.split())  # rich wraps the title
+
+
+def test_cfg_weight_defaults_to_the_policys_guidance_scale(policy_dir, tmp_path):
+    """The ShapesWorld base is meant to be sampled at w=2 and Janus-Pro at 5: each carries its
+    own in generation_config, and `generate` uses it unless --cfg-weight says otherwise."""
+    from transformers import GenerationConfig
+
+    local = tmp_path / "policy"
+    model = JanusForConditionalGeneration.from_pretrained(policy_dir)
+    model.generation_config = GenerationConfig(guidance_scale=2.5)
+    model.save_pretrained(local)
+    build_tokenizer().save_pretrained(local)
+    for extra, expected in (((), 2.5), (("--cfg-weight", "3"), 3.0)):
+        out = tmp_path / f"gen{expected}"
+        result = _run("a red circle", "--policy", str(local), "--out", str(out), "--n", "1", *extra)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "prompts.json").read_text())["sampling"]["cfg_weight"] == expected

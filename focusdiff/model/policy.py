@@ -33,5 +33,11 @@ class Policy:
         return self.model.config.vq_config.num_patches * 2 ** (len(self.model.config.vq_config.channel_multiplier) - 1)
 
     @property
+    def guidance_scale(self) -> float:
+        """The CFG weight this policy is meant to be sampled at: its generation_config's
+        guidance_scale (the ShapesWorld base: bootstrap.lm.cfg_weight), else Janus-Pro's 5."""
+        return float(getattr(self.model.generation_config, "guidance_scale", None) or 5.0)
+
+    @property
     def boi_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.tokenizer.boi_token)

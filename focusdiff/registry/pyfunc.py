@@ -33,7 +33,7 @@ class JanusImageModel(mlflow.pyfunc.PythonModel):
         prompts = [str(p) for p in model_input["prompt"]]
         seeds = [int(s) for s in model_input["seed"]] if "seed" in model_input.columns else list(range(len(prompts)))
         params = params or {}
-        sampling = SamplingConfig(cfg_weight=float(params.get("cfg_weight", 5.0)), temperature=float(params.get("temperature", 1.0)))
+        sampling = SamplingConfig(cfg_weight=float(params.get("cfg_weight", self.policy.guidance_scale)), temperature=float(params.get("temperature", 1.0)))
         images = sample(self.policy, prompts, seeds, sampling).images
         return pd.DataFrame({"prompt": prompts, "seed": seeds,
                              "image_png_base64": [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]})
