@@ -107,8 +107,9 @@ def test_shipped_base_draws_what_its_record_says():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        quality = policy_quality(load_policy("shapes-base"), cfg.eval_pairs_per_category, seed=4321,
-                                 s=SamplingConfig(cfg_weight=cfg.cfg_weight))
+        base = load_policy("shapes-base")
+        assert base.guidance_scale == cfg.cfg_weight  # the guidance it was gated at travels with it
+        quality = policy_quality(base, cfg.eval_pairs_per_category, seed=4321, s=SamplingConfig(cfg_weight=cfg.cfg_weight))
     finally:
         torch.set_num_threads(threads)
     # Equal up to float-rounding ties of the fast CPU path (a few images may flip).
