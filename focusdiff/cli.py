@@ -477,13 +477,27 @@ def judge_report(
     canvas: int = 32,
     data: Annotated[Optional[Path], typer.Option(help="calibrate on this dataset's pairs instead of sampled ones")] = None,
     split: Annotated[str, typer.Option(help="with --data: the split")] = "test",
+    policy: Annotated[Optional[str], typer.Option(
+        help="judge this policy's own samples (labelled by the exact checker) instead of renders")] = None,
 ) -> None:
     """Calibrate a judge on held-out ShapesWorld pairs: accuracy, AUROC, agreement with the exact checker."""
-    from focusdiff.judge.report import DEFAULT_SEED, calibrate, calibration_report, dataset_items
+    from focusdiff.judge.report import DEFAULT_SEED, calibrate, calibration_report, dataset_items, policy_items
     from focusdiff.judge.server import make_backend
 
+    if policy is not None and data is not None:
+        from focusdiff.errors import ConfigError
+
+        raise ConfigError("--policy and --data are exclusive: the images are either a policy's samples or the dataset's")
     judge = make_backend(backend, model)
-    if data is not None:
+    if policy is not None:
+        from focusdiff.model.loading import load_policy
+
+        seed = DEFAULT_SEED if seed is None else seed
+        loaded = load_policy(policy)
+        report = calibrate(judge, policy_items(loaded, pairs_per_category, seed), pairs_per_category, seed, canvas)
+        source = (f"{policy}'s samples (CFG {loaded.guidance_scale:g}), {pairs_per_category} pairs x "
+                  f"{len(report.by_category)} categories x 4 items, seed {seed}; labels from the exact checker")
+    elif data is not None:
         report = calibrate(judge, dataset_items(data, split), canvas=canvas)
         source = f"{data} ({split} split) x 4 items"
     else:
@@ -497,7 +511,8 @@ def judge_report(
         table.add_column(col, justify="right")
     rows = [*((cat.replace("_", " "), c) for cat, c in report.by_category.items()), ("all", report.overall)]
     for name, c in rows:
-        table.add_row(name, str(c.items), f"{c.accuracy:.1%}", f"{c.auroc:.3f}", f"{c.agreement:.1%}")
+        table.add_row(name, str(c.items), f"{c.accuracy:.1%}", "n/a" if c.auroc != c.auroc else f"{c.auroc:.3f}",
+                      f"{c.agreement:.1%}")
     console.print(table)
 
 

@@ -128,3 +128,26 @@ def test_cli_report_hf_without_model_is_a_clear_error():
     result = CliRunner().invoke(app, ["judge", "report", "--backend", "hf"])
     assert isinstance(result.exception, ConfigError)
     assert "needs --model PATH" in str(result.exception)
+
+
+def test_policy_items_are_the_policys_samples_labelled_by_the_checker():
+    from focusdiff.judge.report import calibrate, policy_items
+    from focusdiff.model.loading import load_policy
+
+    items = policy_items(load_policy("shapes-base"), pairs_per_category=1, seed=5)
+    assert len(items.images) == 4 * len(CATEGORY_ORDER)
+    # each sampled image is asked its own caption, then its partner's
+    assert all((items.images[k] == items.images[k + 1]).all() for k in range(0, len(items.images), 2))
+    assert items.prompts[0] == items.prompts[3] and items.prompts[1] == items.prompts[2]
+    assert list(items.labels) == [int(check(im, p).correct) for im, p in zip(items.images, items.prompts)]
+    report = calibrate(ExactJudge(), items)
+    assert report.agreement == 1.0 and report.accuracy == 1.0
+
+
+def test_cli_report_on_a_policys_samples():
+    result = CliRunner().invoke(app, ["judge", "report", "--backend", "exact", "--pairs-per-category", "1",
+                                      "--policy", "shapes-base"])
+    assert result.exit_code == 0, result.output
+    assert "shapes-base's samples (CFG 2)" in result.output and "100.0%" in result.output
+    both = CliRunner().invoke(app, ["judge", "report", "--policy", "shapes-base", "--data", "data/pairs"])
+    assert isinstance(both.exception, ConfigError) and "--policy and --data are exclusive" in str(both.exception)

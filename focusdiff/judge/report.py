@@ -15,6 +15,11 @@ Reported, overall and per category:
   sit on the wrong side of 0.5 is seen as such;
 * agreement - the judge's yes/no equals the exact checker's on the same item.
 
+With a policy (`focusdiff judge report --policy shapes-base`), the images are instead that
+policy's own samples, labelled by the exact checker: the judge measured where Pair-GRPO
+uses it. The gap between the two agreements is the room the policy has to please the judge
+without pleasing the checker.
+
 A judge that cannot score an item raises `JudgeFailure`, and so does the report:
 a summary over the items that happened to work would flatter the judge.
 """
@@ -129,12 +134,36 @@ def calibration_items(pairs_per_category: int, seed: int = DEFAULT_SEED, canvas:
     return _Items(images, prompts, np.array(labels), np.array(categories))
 
 
+def policy_items(policy, pairs_per_category: int, seed: int = DEFAULT_SEED, sampling=None, batch: int = 48) -> _Items:
+    """Four items per pair, as `calibration_items`, but the images are the policy's own samples
+    (image k drawn with seed + k) and the labels are the exact checker's reading of them. The
+    judge is then measured where Pair-GRPO uses it: on what the policy draws, not on renders."""
+    from focusdiff.model.sampler import SamplingConfig, sample
+
+    sampling = sampling or SamplingConfig(cfg_weight=policy.guidance_scale)
+    pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
+    sides = [(pair, own, partner) for pair in pairs for own, partner in ((pair.prompt1, pair.prompt2), (pair.prompt2, pair.prompt1))]
+    drawn: list[np.ndarray] = []
+    for start in range(0, len(sides), batch):
+        chunk = [own for _, own, _ in sides[start : start + batch]]
+        drawn.extend(sample(policy, chunk, [seed + start + k for k in range(len(chunk))], sampling).images)
+    images, prompts, categories = [], [], []
+    for image, (pair, own, partner) in zip(drawn, sides):
+        for prompt in (own, partner):
+            images.append(image)
+            prompts.append(prompt)
+            categories.append(pair.category)
+    labels = (np.array(ExactJudge().scores(images, prompts)) > 0.5).astype(int)
+    return _Items(images, prompts, labels, np.array(categories))
+
+
 def _calibration(scores: np.ndarray, exact_yes: np.ndarray, labels: np.ndarray) -> Calibration:
     says_yes = scores > 0.5
     return Calibration(
         items=len(scores),
         accuracy=float((says_yes == (labels == 1)).mean()),
-        auroc=auroc(scores, labels),
+        # undefined when one class is absent (a policy's samples can all be wrong in a category)
+        auroc=auroc(scores, labels) if 0 < labels.sum() < len(labels) else float("nan"),
         agreement=float((says_yes == exact_yes).mean()),
     )
 
