@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import uuid
 from collections.abc import Iterator
@@ -107,6 +108,9 @@ def _assert_registered_and_promoted(client: Any, model_name: str, summary: dict[
     assert version.tags["gate.decision"] == "promoted"
     for benchmark in ("paircomp", "geneval", "t2i_compbench", "dpg_bench"):
         assert version.tags[f"eval.{benchmark}.status"] == "complete", benchmark
+    # the gate compares versions only under one protocol: evaluator, suite, sampling, seed
+    assert re.fullmatch(r"exact:\|suite=shapes:test\|sampling=cfg_weight=[\d.]+,temperature=[\d.]+,top_k=\d+,top_p=[\d.]+"
+                        r"\|seed=\d+", version.tags["eval.paircomp.evaluator"]), version.tags["eval.paircomp.evaluator"]
     assert 0.0 <= summary["paircomp.s_g"] <= 100.0
 
 

@@ -374,7 +374,10 @@ def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tag
         evaluator = None
         if benchmark == "paircomp":
             spec = cfg.paircomp.evaluator
-            evaluator = f"{spec.backend}:{spec.model or ''}|suite={cfg.paircomp.suite}:{cfg.paircomp.split}"
+            sampling = ",".join(f"{k}={v}" for k, v in cfg.sampling.model_dump().items())
+            # how the images were drawn is part of the protocol: scores at CFG 2 and CFG 5 are not comparable
+            evaluator = (f"{spec.backend}:{spec.model or ''}|suite={cfg.paircomp.suite}:{cfg.paircomp.split}"
+                         f"|sampling={sampling}|seed={cfg.seed}")
         record_evaluation(registration, tracking, benchmark, result.metrics, files, evaluator)
     return result
 
