@@ -138,15 +138,13 @@ def policy_items(policy, pairs_per_category: int, seed: int = DEFAULT_SEED, samp
     """Four items per pair, as `calibration_items`, but the images are the policy's own samples
     (image k drawn with seed + k) and the labels are the exact checker's reading of them. The
     judge is then measured where Pair-GRPO uses it: on what the policy draws, not on renders."""
-    from focusdiff.model.sampler import SamplingConfig, sample
+    from focusdiff.model.quality import draw_pairs
+    from focusdiff.model.sampler import SamplingConfig
 
     sampling = sampling or SamplingConfig(cfg_weight=policy.guidance_scale)
     pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
     sides = [(pair, own, partner) for pair in pairs for own, partner in ((pair.prompt1, pair.prompt2), (pair.prompt2, pair.prompt1))]
-    drawn: list[np.ndarray] = []
-    for start in range(0, len(sides), batch):
-        chunk = [own for _, own, _ in sides[start : start + batch]]
-        drawn.extend(sample(policy, chunk, [seed + start + k for k in range(len(chunk))], sampling).images)
+    drawn = draw_pairs(policy, pairs, seed, sampling, batch)
     images, prompts, categories = [], [], []
     for image, (pair, own, partner) in zip(drawn, sides):
         for prompt in (own, partner):

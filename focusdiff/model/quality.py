@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
+
 from pydantic import BaseModel
 
 from focusdiff.model.policy import Policy
 from focusdiff.model.sampler import SamplingConfig, sample
 from focusdiff.shapes.accuracy import sample_pairs
 from focusdiff.shapes.checker import check_description
-from focusdiff.shapes.grammar import Description, caption
+from focusdiff.shapes.generate import SampledPair
+from focusdiff.shapes.grammar import Description
 
 
 class QualityReport(BaseModel):
@@ -34,16 +37,22 @@ def is_single_object(d: Description) -> bool:
     return d.glyph is None and d.relation is None and len(d.groups) == 1 and d.groups[0].count == 1
 
 
+def draw_pairs(policy: Policy, pairs: list[SampledPair], seed: int, s: SamplingConfig, batch: int = 48) -> list[np.ndarray]:
+    """One image per prompt of every pair (prompt1, prompt2, prompt1, ...), image k drawn with seed + k."""
+    prompts = [prompt for p in pairs for prompt in (p.prompt1, p.prompt2)]
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        images.extend(sample(policy, chunk, [seed + start + j for j in range(len(chunk))], s).images)
+    return images
+
+
 def policy_quality(
     policy: Policy, pairs_per_category: int = 20, seed: int = 1234, s: SamplingConfig = SamplingConfig(), batch: int = 48
 ) -> QualityReport:
     pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
     items = [(i, d) for i, p in enumerate(pairs) for d in (p.description1, p.description2)]
-    prompts = [caption(d) for _, d in items]
-    images = []
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        images.extend(sample(policy, chunk, [seed + start + j for j in range(len(chunk))], s).images)
+    images = draw_pairs(policy, pairs, seed, s, batch)
     correct = [check_description(img, d) for img, (_, d) in zip(images, items)]
     by_cat: dict[str, list[int]] = defaultdict(list)
     pair_ok: dict[str, list[int]] = defaultdict(list)
