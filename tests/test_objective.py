@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from focusdiff.train.objective import (
-    Curriculum, LRSchedule, clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate, policy_loss,
+    Curriculum, LRSchedule, clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
+    max_variance_subset, policy_loss,
 )
 
 
@@ -32,6 +33,20 @@ def test_group_advantages_by_hand():
     assert pair.tolist() == pytest.approx([0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2 + [-0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2)
     assert group_advantages(torch.tensor([0.7, 0.7, 0.7])).tolist() == [0.0, 0.0, 0.0]  # no spread, no signal
     assert group_advantages(torch.tensor([0.7])).tolist() == [0.0]  # not NaN
+
+
+def test_max_variance_subset_by_hand():
+    r = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.2, 0.4])
+    # 4 of 6: the two highest and the two lowest (0.1 0.2 0.7 0.9: variance 0.1119) beat 3 top + 1 bottom
+    # (0.1 0.5 0.7 0.9: 0.0875) and 1 top + 3 bottom (0.1 0.2 0.4 0.9: 0.095)
+    assert max_variance_subset(r, 4).tolist() == [1, 2, 3, 4]
+    # 3 of 6: 0.1 0.2 | 0.9 (0.1267) beats 0.1 | 0.7 0.9 (0.1156)
+    assert max_variance_subset(r, 3).tolist() == [1, 2, 4]
+    # binary rewards: as many ones as zeros
+    binary = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    assert binary[max_variance_subset(binary, 2)].tolist() == [0.0, 1.0]
+    assert sorted(binary[max_variance_subset(binary, 4)].tolist()) == [0.0, 0.0, 1.0, 1.0]
+    assert max_variance_subset(r, 6).tolist() == list(range(6)) == max_variance_subset(r, 9).tolist()
 
 
 def test_reference_learning_rate_schedule():

@@ -37,7 +37,7 @@ from focusdiff.model.vq import vq_config
 from focusdiff.shapes.build import build_shapes_dataset
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
-from focusdiff.train.rollout import advantages, collect, encode_images, load_ground_truth, reward
+from focusdiff.train.rollout import advantages, collect, downsample, encode_images, load_ground_truth, reward
 from focusdiff.train.trainer import train
 
 from tests.project import VENV_BIN
@@ -147,6 +147,33 @@ def test_expanded_group_normalises_over_both_prompts(world, policy):
     assert torch.equal(advantages(e, expand_pair_groups=False), torch.zeros(4))
 
 
+def test_downsampling_keeps_the_most_contrasting_images_of_a_group(world, policy):
+    items = train_items(load_dataset(world / "data"))
+    pair = next(i for i in items if i.paired)
+    unpaired = next(i for i in items if not i.paired)
+    [e, u] = collect(policy, [(0, pair), (1, unpaired)], 4, seed=0, injection_probability=0.0, inject=False,
+                     sampling=SamplingConfig())
+    # the expanded group: the 4 of 8 that vary most (two 1s, two 0s), from either prompt
+    e.rewards = e.sampled_rewards = torch.tensor([0.6, 1.0, 0.5, 0.9, 0.0, 0.4, 0.1, 0.5])
+    tokens = e.tokens.clone()
+    downsample(e, keep_per_prompt=2, expand_pair_groups=True)
+    assert e.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, 0.1]) and e.second.tolist() == [False, False, True, True]
+    assert torch.equal(e.tokens, tokens[[1, 3, 4, 6]]) and e.prompts == [pair.prompts[0]] * 2 + [pair.prompts[1]] * 2
+    assert len(e.images) == len(e.sampler_logp) == len(e.is_real) == 4
+    assert len(e.sampled_rewards) == 8  # the step's reward metrics still see every sample
+    # per prompt (vanilla GRPO, and any unpaired item): each prompt keeps its own 2 of 4
+    u.rewards = torch.tensor([0.6, 1.0, 0.5, 0.9, 0.0, 0.4, 0.1, 0.5])
+    downsample(u, keep_per_prompt=2, expand_pair_groups=True)
+    assert u.rewards.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.5]) and u.second.tolist() == [False, False, True, True]
+    adv = advantages(u, expand_pair_groups=True)  # normalised per prompt over what was kept
+    assert adv[:2].tolist() == pytest.approx([0.7070, -0.7070], abs=1e-3)
+
+
+def test_more_rollouts_than_the_group_takes_is_validated(world, tmp_path):
+    with pytest.raises(ValueError, match=r"rollouts_per_prompt \(3\) must be at least group_size \(4\)"):
+        GRPOConfig.model_validate(_config(world, tmp_path, rollouts_per_prompt=3))
+
+
 class _RefusingJudge(Judge):
     """A judge that cannot answer about prompts with the word 'triangle' (as a server that errors would)."""
 
@@ -176,7 +203,9 @@ def test_judge_failure_fails_the_step_or_drops_the_item_never_a_score(world, pol
 
 
 def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
-    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=3, grid_every=1, updates_per_batch=2, beta=0.1))
+    # 6 rollouts per prompt (4 when 2 ground truths are injected), of which the loss takes G = 4
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=3, grid_every=1, updates_per_batch=2, beta=0.1,
+                                            rollouts_per_prompt=6))
     logged, grids = [], []
     result = train(cfg, ExactJudge(), log=lambda m, s: logged.append((s, m)), log_grid=lambda im, s: grids.append(s),
                    progress=False)
@@ -191,7 +220,7 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     assert any(k.startswith("train/reward_mean.") for k in first)  # per category
     assert first["train/logprob_gap"] < 1e-4  # the sampler's log-probs are the loss's distribution
     record = json.loads((cfg.out / "record.json").read_text())
-    assert record["algorithm"] == "pair-grpo" and record["totals"]["images"] == 3 * 2 * 2 * 4
+    assert record["algorithm"] == "pair-grpo" and record["totals"]["images"] == 3 * 2 * 2 * 4  # the loss's images
     before, after = load_file(world / "policy" / "model.safetensors"), load_file(cfg.out / "model.safetensors")
     assert max((before[k] - after[k]).abs().max().item() for k in before) > 0
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vqmodel"))  # the VQ is frozen

@@ -64,7 +64,11 @@ class GRPOConfig(_Section):
     expand_pair_groups: bool = Field(True, description="normalise rewards over both prompts' 2G images (Pair-GRPO)")
     inject_ground_truth: bool = Field(True, description="replace 2 samples per prompt by ground truths on the curriculum")
     unpaired_prompts: bool = Field(True, description="also train on the unpaired prompts, two at a time")
-    group_size: int = Field(7, ge=2, description="G: images per prompt")
+    group_size: int = Field(7, ge=2, description="G: images per prompt in the loss")
+    rollouts_per_prompt: int | None = Field(
+        None, ge=2, description="images sampled per prompt (>= G); the loss takes the G per prompt (2G per expanded "
+        "pair group) whose rewards vary most: max-variance down-sampling, for when sampling is cheap next to the "
+        "backward pass. null: G, as in the reference")
     items_per_micro_batch: int = Field(1, ge=1, description="pair items per process per micro-batch")
     grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer update")
     steps: int = Field(800, ge=1, description="rollout batches (one per optimizer step when updates_per_batch=1)")
@@ -108,6 +112,9 @@ class GRPOConfig(_Section):
             raise ValueError(f"curriculum needs s1 < s2 < s3, got {c.s1}, {c.s2}, {c.s3}")
         if self.inject_ground_truth and self.group_size < 3:
             raise ValueError("inject_ground_truth replaces 2 of each prompt's G images: group_size must be >= 3")
+        if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
+            raise ValueError(f"rollouts_per_prompt ({self.rollouts_per_prompt}) must be at least group_size "
+                             f"({self.group_size}): the loss takes G of them")
         if self.lr.schedule == "reference" and self.lr.warmup > self.lr.mid_step:
             raise ValueError(f"lr.warmup ({self.lr.warmup}) must not exceed lr.mid_step ({self.lr.mid_step})")
         return self

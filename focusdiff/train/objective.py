@@ -3,6 +3,8 @@
 * `injection_probability`: the ground-truth injection curriculum p(step).
 * `group_advantages`: rewards normalised over one group; for a pair, the group is
   expanded to the 2G images of BOTH prompts.
+* `max_variance_subset`: which m of n rollouts to train on when more are sampled than
+  the loss takes (max-variance down-sampling).
 * `learning_rate`: the reference run's three-phase schedule.
 * `k3_kl`, `clipped_surrogate`, `policy_loss`: the per-token objective (PPO-style
   clipped ratio, plus beta times the k3 KL estimate to a frozen reference policy),
@@ -58,6 +60,28 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     mean = rewards.mean(-1, keepdim=True)
     std = rewards.std(-1, keepdim=True, unbiased=True)
     return (rewards - mean) / (std + eps)
+
+
+def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices (ascending) of the m rewards with the largest variance, from n >= m.
+
+    Max-variance down-sampling (PODS: Xu et al. 2025, "Not All Rollouts are Useful"):
+    sampling is cheap next to the backward pass, so sample more images than the loss
+    takes and keep the ones that carry the most contrast. The optimum is always the i
+    highest rewards plus the m - i lowest for some i, so trying each i is exact. Ties are
+    broken by a stable sort, so the choice is deterministic.
+    """
+    n = rewards.shape[0]
+    if m >= n:
+        return torch.arange(n)
+    order = torch.sort(rewards, stable=True).indices
+    best, best_var = None, -1.0
+    for top in range(m + 1):
+        pick = torch.cat([order[: m - top], order[n - top:]])
+        var = float(rewards[pick].var(unbiased=False))
+        if var > best_var + 1e-12:
+            best, best_var = pick, var
+    return torch.sort(best).values
 
 
 @dataclass(frozen=True)

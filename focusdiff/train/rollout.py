@@ -6,7 +6,8 @@ plus two real images: its own ground truth and the other prompt's (a hard negati
 Real images are VQ-encoded into tokens and enter the loss like samples; every image,
 real or sampled, is decoded from its tokens and scored by the same judge. Advantages
 are normalised over the 2G images of both prompts (the expanded group) for a pair, over
-each prompt's G images otherwise.
+each prompt's G images otherwise. With more rollouts than G per prompt, the images the
+loss takes are chosen first (`downsample`: max-variance down-sampling).
 
 All randomness is derived from (run seed, global item index), so a step's experience
 does not depend on which process or micro-batch it lands in, nor on a resume.
@@ -27,7 +28,7 @@ from focusdiff.model.policy import Policy
 from focusdiff.model.sampler import SamplingConfig, decode_tokens, sample, token_logprobs
 from focusdiff.model.vq import to_pixels
 from focusdiff.train.items import TrainItem, derived_seed
-from focusdiff.train.objective import group_advantages
+from focusdiff.train.objective import group_advantages, max_variance_subset
 
 _INJECT, _SAMPLE = 1, 2  # salts of derived seeds
 
@@ -43,8 +44,12 @@ class ItemExperience:
     tokens: torch.Tensor  # (n, N)
     sampler_logp: torch.Tensor  # (n, N) log-probs from the sampler (teacher-forced for real images)
     is_real: torch.Tensor  # (n,) bool: injected ground truth
+    second: torch.Tensor  # (n,) bool: the image is for the item's second prompt
     images: np.ndarray | None = None  # (n, H, W, 3) decoded from the tokens
     rewards: torch.Tensor | None = None  # (n,)
+    # every sampled and every injected image's reward, kept through down-sampling (for the metrics)
+    sampled_rewards: torch.Tensor | None = None
+    real_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None  # (n,)
     ref_logp: torch.Tensor | None = None  # (n, N)
     dropped: str | None = None  # why the judge could not score it
@@ -109,21 +114,23 @@ def collect(
             real_prompts = [item.prompts[0], item.prompts[0], item.prompts[1], item.prompts[1]]
             real = torch.stack([real_tokens[0], real_tokens[1], real_tokens[1], real_tokens[0]])  # own, then the other's
             real_logp = token_logprobs(policy, real_prompts, real, sampling)
-        tokens, logps, reals, image_prompts = [], [], [], []
+        tokens, logps, reals, image_prompts, second = [], [], [], [], []
         for p, prompt in enumerate(item.prompts):
             tokens.append(rollout.tokens[row : row + n_sampled])
             logps.append(rollout.logprobs[row : row + n_sampled])
             reals += [False] * n_sampled
             image_prompts += [prompt] * n_sampled
+            second += [p == 1] * n_sampled
             row += n_sampled
             if injected:
                 tokens.append(real[2 * p : 2 * p + 2])
                 logps.append(real_logp[2 * p : 2 * p + 2])
                 reals += [True, True]
                 image_prompts += [prompt, prompt]
+                second += [p == 1] * 2
         out.append(ItemExperience(
             item=item, index=index, injected=injected, prompts=image_prompts, tokens=torch.cat(tokens),
-            sampler_logp=torch.cat(logps), is_real=torch.tensor(reals),
+            sampler_logp=torch.cat(logps), is_real=torch.tensor(reals), second=torch.tensor(second),
         ))
     all_tokens = torch.cat([e.tokens for e in out])
     images = decode_tokens(policy, all_tokens)
@@ -155,12 +162,32 @@ def reward(experiences: list[ItemExperience], judge: Judge, on_failure: str) -> 
             dropped += 1
             continue
         e.rewards = torch.tensor([v.score for v in mine], dtype=torch.float32)
+        e.sampled_rewards, e.real_rewards = e.rewards[~e.is_real], e.rewards[e.is_real]
     return dropped
+
+
+def downsample(e: ItemExperience, keep_per_prompt: int, expand_pair_groups: bool) -> None:
+    """Keep the images the loss trains on, in place: the 2G whose rewards vary most over a
+    pair's expanded group under Pair-GRPO (from either prompt), else each prompt's G (see
+    objective.max_variance_subset). Injected ground truths compete like samples, as they
+    are scored like samples. A no-op when an item has no more images than that."""
+    if e.item.paired and expand_pair_groups:
+        keep = max_variance_subset(e.rewards, 2 * keep_per_prompt)
+    else:
+        halves = [torch.nonzero(~e.second).flatten(), torch.nonzero(e.second).flatten()]
+        keep = torch.cat([h[max_variance_subset(e.rewards[h], keep_per_prompt)] for h in halves])
+    if len(keep) == len(e.rewards):
+        return
+    keep = torch.sort(keep).values
+    e.prompts = [e.prompts[i] for i in keep.tolist()]
+    e.tokens, e.sampler_logp, e.is_real, e.second = e.tokens[keep], e.sampler_logp[keep], e.is_real[keep], e.second[keep]
+    e.images, e.rewards = e.images[keep.numpy()], e.rewards[keep]
 
 
 def advantages(e: ItemExperience, expand_pair_groups: bool) -> torch.Tensor:
     """Expanded group (both prompts' 2G images) for a pair under Pair-GRPO; per prompt otherwise."""
     if e.item.paired and expand_pair_groups:
         return group_advantages(e.rewards)
-    half = len(e.rewards) // 2
-    return torch.cat([group_advantages(e.rewards[:half]), group_advantages(e.rewards[half:])])
+    out = torch.empty_like(e.rewards)
+    out[~e.second], out[e.second] = group_advantages(e.rewards[~e.second]), group_advantages(e.rewards[e.second])
+    return out

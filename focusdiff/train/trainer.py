@@ -51,7 +51,7 @@ from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.objective import Curriculum, LRSchedule, injection_probability, learning_rate, policy_loss
-from focusdiff.train.rollout import ItemExperience, advantages, collect, reward
+from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
 from focusdiff.viz import labeled_grid
 
 # Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
@@ -215,8 +215,8 @@ def train(
                      for j in range(cfg.items_per_micro_batch)]
             t = time.perf_counter()
             with full_parameters(accelerator, policy.model):
-                batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.group_size, cfg.seed, p_inject,
-                                cfg.inject_ground_truth, sampling)
+                batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.rollouts_per_prompt or cfg.group_size,
+                                cfg.seed, p_inject, cfg.inject_ground_truth, sampling)
             timing["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
             dropped += reward(batch, judge, cfg.on_judge_failure)
@@ -224,6 +224,7 @@ def train(
             t = time.perf_counter()
             for e in batch:
                 if e.dropped is None:
+                    downsample(e, cfg.group_size, cfg.expand_pair_groups)
                     e.advantages = advantages(e, cfg.expand_pair_groups)
                 with torch.no_grad():
                     if reference is not None:
@@ -334,18 +335,19 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             sums["injected_items"] += e.injected
             if e.dropped is not None:
                 continue
-            sampled = e.rewards[~e.is_real]
+            sampled = e.sampled_rewards  # all of them, not only those down-sampling kept
             sums["reward_sum"] += float(sampled.sum())
             sums["reward_sq"] += float((sampled**2).sum())
             sums["reward_n"] += len(sampled)
             sums[f"cat_sum.{e.item.category}"] += float(sampled.sum())
             sums[f"cat_n.{e.item.category}"] += len(sampled)
             if e.injected:
-                sums["real_sum"] += float(e.rewards[e.is_real].sum())
-                sums["real_n"] += int(e.is_real.sum())
+                sums["real_sum"] += float(e.real_rewards.sum())
+                sums["real_n"] += len(e.real_rewards)
     sums["dropped"] = dropped
     sums["images"] = sum(len(e.tokens) for b in micro_batches for e in b)
-    sums["sampled_images"] = sum(int((~e.is_real).sum()) for b in micro_batches for e in b)
+    sums["sampled_images"] = sum(int((~e.is_real).sum()) if e.sampled_rewards is None else len(e.sampled_rewards)
+                                 for b in micro_batches for e in b)
     per_update = cfg.updates_per_batch * cfg.grad_accum
     for k in ("kl", "clip_fraction", "kl_capped_fraction", "logprob_gap"):
         sums[k] = stats.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
@@ -386,15 +388,15 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
 
 
 def pair_grid(batch: list[ItemExperience]) -> Image.Image:
-    """Both prompts of each item side by side: one row per prompt, each image's reward in the label."""
+    """Both prompts of each item side by side: one row per prompt with the images the loss took
+    (after any down-sampling, so a row may be short), each image's reward in the label."""
     rows = []
     for e in batch:
-        half = len(e.prompts) // 2
         for p in range(2):
-            idx = range(p * half, (p + 1) * half)
+            idx = [i for i in range(len(e.prompts)) if bool(e.second[i]) == (p == 1)]
             rewards = "dropped" if e.rewards is None else " ".join(
                 f"{float(e.rewards[i]):.2f}{'*' if e.is_real[i] else ''}" for i in idx)
-            rows.append(([e.images[i] for i in idx], f"[{e.item.category}] {e.prompts[idx[0]]}\nrewards: {rewards}"
+            rows.append(([e.images[i] for i in idx], f"[{e.item.category}] {e.item.prompts[p]}\nrewards: {rewards}"
                          + ("\n(* injected ground truth)" if e.injected else "")))
     return labeled_grid(rows)
 
