@@ -85,6 +85,12 @@ def test_every_pair_and_every_unpaired_prompt_is_used(world):
     assert {p for i in unpaired for p in i.prompts} == {p.prompt for p in train_prompts}
     assert not any(i.has_ground_truth for i in unpaired) and all(i.has_ground_truth for i in paired)
     assert len(train_items(ds, unpaired=False)) == len(train_pairs)
+    # the overfitting check's subset: the first pair of each category, in file order
+    first = {}
+    for p in train_pairs:
+        first.setdefault(p.category, p.id)
+    assert len(first) < len(train_pairs)  # so the subset is a real one
+    assert [i.id for i in train_items(ds, unpaired=False, pairs_per_category=1)] == list(first.values())
 
 
 def test_item_order_is_a_permutation_per_epoch_and_processes_tile_the_same_sequence():

@@ -64,6 +64,9 @@ class GRPOConfig(_Section):
     expand_pair_groups: bool = Field(True, description="normalise rewards over both prompts' 2G images (Pair-GRPO)")
     inject_ground_truth: bool = Field(True, description="replace 2 samples per prompt by ground truths on the curriculum")
     unpaired_prompts: bool = Field(True, description="also train on the unpaired prompts, two at a time")
+    pairs_per_category: int | None = Field(
+        None, ge=1, description="train on only the first N pairs of each category: an overfitting check that the "
+        "reward rises on prompts the run revisits (with unpaired_prompts off). null: every pair")
     group_size: int = Field(7, ge=2, description="G: images per prompt in the loss")
     rollouts_per_prompt: int | None = Field(
         None, ge=2, description="images sampled per prompt (>= G); the loss takes the G per prompt (2G per expanded "

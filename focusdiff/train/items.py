@@ -35,10 +35,17 @@ class TrainItem:
         return self.paired and all(p is not None for p in self.images)
 
 
-def train_items(dataset: Dataset, unpaired: bool = True) -> list[TrainItem]:
+def train_items(dataset: Dataset, unpaired: bool = True, pairs_per_category: int | None = None) -> list[TrainItem]:
     """The train split's items: every pair, then the unpaired prompts two at a time (an odd
-    last prompt is paired with the first, so none is left out)."""
+    last prompt is paired with the first, so none is left out). With `pairs_per_category`,
+    only the first that many pairs of each category (in file order): a small set that a run
+    revisits, to check that the reward rises at all on prompts it has seen."""
     train = dataset.split("train")
+    pairs, taken = [], {}
+    for p in train.pairs:
+        taken[p.category] = taken.get(p.category, 0) + 1
+        if pairs_per_category is None or taken[p.category] <= pairs_per_category:
+            pairs.append(p)
     items = [
         TrainItem(
             id=p.id,
@@ -47,7 +54,7 @@ def train_items(dataset: Dataset, unpaired: bool = True) -> list[TrainItem]:
             category=p.category or "uncategorized",
             paired=True,
         )
-        for p in train.pairs
+        for p in pairs
     ]
     if unpaired and train.prompts:
         prompts = list(train.prompts)

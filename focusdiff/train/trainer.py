@@ -178,7 +178,7 @@ def train(
     scorer, optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
 
     dataset = load_dataset(cfg.data)
-    items = train_items(dataset, cfg.unpaired_prompts)
+    items = train_items(dataset, cfg.unpaired_prompts, cfg.pairs_per_category)
     order = ItemOrder(len(items), cfg.seed)
     source_dir = Path(policy.model.name_or_path) if policy.model.name_or_path else None
     # A cheap identity (config bytes, weight files' sizes and times): hashing 15 GB of weights is not.
