@@ -192,16 +192,19 @@ def bootstrap_report(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Measure how well a policy draws ShapesWorld prompts (sampled, read by the exact checker).
-    With the defaults this repeats the bootstrap_lm stage's measurement (its record's figures)."""
+    With the defaults this repeats the bootstrap_lm stage's measurement (its record's figures).
+    Also: how local its image tokenizer is (tokens vs pixel blocks a pair's edit changes)."""
     from focusdiff.model.loading import load_policy
-    from focusdiff.model.quality import policy_quality
+    from focusdiff.model.quality import edit_locality, policy_quality
     from focusdiff.model.sampler import SamplingConfig
+    from focusdiff.shapes.accuracy import sample_pairs
 
     if pairs_per_category is None or cfg_weight is None:
         lm = _params(params).bootstrap.lm
         pairs_per_category = pairs_per_category or lm.eval_pairs_per_category
         cfg_weight = lm.cfg_weight if cfg_weight is None else cfg_weight
-    report = policy_quality(load_policy(policy), pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
+    loaded = load_policy(policy)
+    report = policy_quality(loaded, pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
     table = Table(title=f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}")
     table.add_column("category")
     table.add_column("images right", justify="right")
@@ -212,6 +215,14 @@ def bootstrap_report(
     console.print(table)
     console.print(f"single-object prompts right: {report.single_object_accuracy:.1%}; "
                   f"clause accuracy: {report.clause_accuracy:.1%}")
+    locality = edit_locality(loaded, sample_pairs(pairs_per_category, loaded.image_size, seed))
+    table = Table(title=f"the image tokenizer: what a pair's edit changes, of {locality.tokens} (mean per pair)")
+    table.add_column("category")
+    table.add_column("pixel blocks", justify="right")
+    table.add_column("tokens", justify="right")
+    for cat, changed in locality.tokens_changed.items():
+        table.add_row(cat.replace("_", " "), f"{locality.blocks_changed[cat]:.1f}", f"{changed:.1f}")
+    console.print(table)
 
 
 @app.command("generate")

@@ -113,3 +113,30 @@ def test_cfg_weight_defaults_to_the_policys_guidance_scale(policy_dir, tmp_path)
         result = _run("a red circle", "--policy", str(local), "--out", str(out), "--n", "1", *extra)
         assert result.exit_code == 0, result.output
         assert json.loads((out / "prompts.json").read_text())["sampling"]["cfg_weight"] == expected
+
+
+def test_edit_locality_counts_the_blocks_an_edit_touches_and_the_tokens_it_changes(policy_dir):
+    from dataclasses import replace
+
+    from focusdiff.model.loading import load_policy
+    from focusdiff.model.quality import edit_locality
+    from focusdiff.shapes.accuracy import sample_pairs
+    from focusdiff.shapes.world import Obj, Scene
+
+    policy = load_policy(policy_dir)
+    template = sample_pairs(1, 32, 0)[0]
+    red = Scene(objects=(Obj("square", "red", "small", 10, 10),))
+    blue = Scene(objects=(Obj("square", "blue", "small", 10, 10),))
+    # a 7 px square centred at (10, 10) covers rows and columns 7..13: 4 px blocks 1..3 of each, 9 blocks
+    changed = edit_locality(policy, [replace(template, category="color", scene1=red, scene2=blue)])
+    assert changed.tokens == 64 and changed.blocks_changed == {"color": 9.0}
+    assert 0 < changed.tokens_changed["color"] <= 64
+    same = edit_locality(policy, [replace(template, category="color", scene1=red, scene2=red)])
+    assert same.blocks_changed == {"color": 0.0} and same.tokens_changed == {"color": 0.0}
+
+
+def test_bootstrap_report_prints_the_tokenizer_locality(policy_dir):
+    result = runner.invoke(app, ["bootstrap", "report", "--policy", str(policy_dir), "--pairs-per-category", "1"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "what a pair's edit changes, of 64" in text and "pixel blocks" in text

@@ -30,14 +30,14 @@ from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
 from focusdiff.judge.exact import ExactJudge
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.loading import load_policy
-from focusdiff.model.sampler import SamplingConfig
+from focusdiff.model.sampler import SamplingConfig, encode_images
 from focusdiff.model.sft import CheckpointError
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
 from focusdiff.shapes.build import build_shapes_dataset
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
-from focusdiff.train.rollout import advantages, collect, downsample, encode_images, load_ground_truth, reward
+from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
 from focusdiff.train.trainer import train
 
 from tests.project import VENV_BIN

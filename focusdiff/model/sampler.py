@@ -28,6 +28,7 @@ from transformers.activations import SiLUActivation
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.scoring import image_token_scores
+from focusdiff.model.vq import to_pixels
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ class Rollout:
 def decode_tokens(policy: Policy, tokens: torch.Tensor) -> np.ndarray:
     pixels = policy.model.model.vqmodel.decode(tokens)
     return pixels.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_images(policy: Policy, images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 images -> (B, N) image token ids (the VQ's encoding, decode_tokens' inverse)."""
+    vq = policy.model.model.vqmodel
+    pixels = to_pixels(images).to(policy.device, dtype=next(vq.parameters()).dtype)
+    return vq.encode(pixels).image_tokens.view(len(images), -1)
 
 
 class _PrefixKV:

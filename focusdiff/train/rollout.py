@@ -25,8 +25,7 @@ from PIL import Image
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.model.policy import Policy
-from focusdiff.model.sampler import SamplingConfig, decode_tokens, sample, token_logprobs
-from focusdiff.model.vq import to_pixels
+from focusdiff.model.sampler import SamplingConfig, decode_tokens, encode_images, sample, token_logprobs
 from focusdiff.train.items import TrainItem, derived_seed
 from focusdiff.train.objective import group_advantages, max_variance_subset
 
@@ -69,13 +68,6 @@ def load_ground_truth(path: Path, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
-
-
-@torch.no_grad()
-def encode_images(policy: Policy, images: np.ndarray) -> torch.Tensor:
-    vq = policy.model.model.vqmodel
-    pixels = to_pixels(images).to(policy.device, dtype=next(vq.parameters()).dtype)
-    return vq.encode(pixels).image_tokens.view(len(images), -1)
 
 
 def injects(item: TrainItem, index: int, seed: int, probability: float, enabled: bool) -> bool:
