@@ -205,24 +205,27 @@ def bootstrap_report(
         cfg_weight = lm.cfg_weight if cfg_weight is None else cfg_weight
     loaded = load_policy(policy)
     report = policy_quality(loaded, pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
-    table = Table(title=f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}")
-    table.add_column("category")
-    table.add_column("images right", justify="right")
-    table.add_column("pairs right", justify="right")
-    for cat, acc in report.by_category.items():
-        table.add_row(cat.replace("_", " "), f"{acc:.1%}", f"{report.pair_by_category[cat]:.1%}")
-    table.add_row("all", f"{report.image_accuracy:.1%}", f"{report.pair_accuracy:.1%}")
-    console.print(table)
+    rows = [(cat, f"{acc:.1%}", f"{report.pair_by_category[cat]:.1%}") for cat, acc in report.by_category.items()]
+    console.print(_category_table(f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}",
+                                  ("images right", "pairs right"),
+                                  rows + [("all", f"{report.image_accuracy:.1%}", f"{report.pair_accuracy:.1%}")]))
     console.print(f"single-object prompts right: {report.single_object_accuracy:.1%}; "
                   f"clause accuracy: {report.clause_accuracy:.1%}")
     locality = edit_locality(loaded, sample_pairs(pairs_per_category, loaded.image_size, seed))
-    table = Table(title=f"the image tokenizer: what a pair's edit changes, of {locality.tokens} (mean per pair)")
+    console.print(_category_table(
+        f"the image tokenizer: what a pair's edit changes, of {locality.tokens} (mean per pair)", ("pixel blocks", "tokens"),
+        [(cat, f"{locality.blocks_changed[cat]:.1f}", f"{changed:.1f}") for cat, changed in locality.tokens_changed.items()]))
+
+
+def _category_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    """One row per category (slug shown with spaces), right-aligned figures."""
+    table = Table(title=title)
     table.add_column("category")
-    table.add_column("pixel blocks", justify="right")
-    table.add_column("tokens", justify="right")
-    for cat, changed in locality.tokens_changed.items():
-        table.add_row(cat.replace("_", " "), f"{locality.blocks_changed[cat]:.1f}", f"{changed:.1f}")
-    console.print(table)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for cat, *cells in rows:
+        table.add_row(cat.replace("_", " "), *cells)
+    return table
 
 
 @app.command("generate")
