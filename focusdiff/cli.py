@@ -326,6 +326,7 @@ def ablate(
     seeds: Annotated[list[int], typer.Option("--seed", help="training seeds (repeat; >= 3 for the table)")] = [0, 1, 2],
     variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (default: all)")] = None,
     out: Annotated[Path, typer.Option(help="runs and ablation.json")] = Path("outputs/ablate"),
+    eval_repeats: Annotated[int, typer.Option(min=1, help="PairComp draws per policy, averaged (one draw's s_g is noisy)")] = 3,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
 ) -> None:
     """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
@@ -338,8 +339,9 @@ def ablate(
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     loaded = _params(params, set_)
-    with StageRun(loaded.tracking, "ablate", params={"train": loaded.train.model_dump(mode="json"), "seeds": seeds}) as run:
-        cells = run_ablation(loaded, seeds, out, variant, log=lambda m, step: run.log_metrics(m, step))
+    with StageRun(loaded.tracking, "ablate", params={"train": loaded.train.model_dump(mode="json"), "seeds": seeds,
+                                                       "eval_repeats": eval_repeats}) as run:
+        cells = run_ablation(loaded, seeds, out, variant, eval_repeats, log=lambda m, step: run.log_metrics(m, step))
         text = markdown(cells)
         (out / "table.md").write_text(text + "\n", "utf-8")
         run.log_artifact(out / "table.md", "ablate")

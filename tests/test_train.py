@@ -397,7 +397,7 @@ def test_launch_configs_point_at_existing_deepspeed_files():
 def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
     from focusdiff.config import load_params
     from focusdiff.eval.configs import EvalConfig
-    from focusdiff.train.ablate import markdown, run_ablation, table
+    from focusdiff.train.ablate import REPEAT_SEED_STRIDE, markdown, run_ablation, table
 
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(update={
@@ -425,4 +425,21 @@ def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
         run_ablation(params, seeds=[1], out=tmp_path / "ablate", variants=["grpo"])
     other = params.model_copy(update={"train": params.train.model_copy(update={"beta": 0.5})})
     run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"])
-    assert (tmp_path / "ablate" / "grpo-seed0" / "policy" / "model.safetensors").is_file()
+    trained = tmp_path / "ablate" / "grpo-seed0" / "policy" / "model.safetensors"
+    assert trained.is_file()
+
+    # more evaluation repeats score the trained policy again with other seeds, without training again
+    before = trained.stat().st_mtime_ns
+    first = run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"])
+    two = run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"], eval_repeats=2)
+    assert trained.stat().st_mtime_ns == before
+    second = json.loads((tmp_path / "ablate" / "grpo-seed0" / "eval-r1" / "paircomp" / "generation.json").read_text())
+    assert second["seed"] == params.evaluate.seed + REPEAT_SEED_STRIDE
+    saved = json.loads((tmp_path / "ablate" / "grpo-seed0" / "cells.json").read_text())["scores"]
+    assert len(saved) == 2  # 2 repeats; this test's reward judge is the exact checker, so one score serves both
+    once = next(c for c in first if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
+    repeats = [m["paircomp.s_g"] for m in saved.values()]
+    mean = next(c for c in two if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
+    assert once in repeats and mean == pytest.approx(np.mean(repeats))
+    with pytest.raises(ValueError, match="eval_repeats must be >= 1, got 0"):
+        run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"], eval_repeats=0)

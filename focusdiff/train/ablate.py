@@ -13,10 +13,17 @@ the reward judge it was trained against and by the exact checker (the held-out
 evaluator, which training never sees). The table reports mean +- std over seeds of s_a
 and s_g, overall and per category; all numbers also go to MLflow and a JSON file.
 
-The whole ablation is hours on a CPU, so each finished (variant, seed) run keeps its scores
-in <out>/<variant>-seed<seed>/cells.json with the configuration that produced them; a rerun
-with the same configuration reuses them (and says so) instead of training again. The code
-is not part of that configuration: after changing it, delete the folder.
+One draw of PairComp's images is noisy: on 180 test pairs the base's s_g is 23.9, 18.9 or
+26.1 depending on the evaluation seed alone. So every policy is scored `eval_repeats` times,
+repeat r drawing its images with seed `evaluate.seed + r * REPEAT_SEED_STRIDE`, and a cell
+holds the mean over repeats (the PairComp score of all repeats' images pooled).
+
+The whole ablation is hours on a CPU, so each (variant, seed) run keeps its scores in
+<out>/<variant>-seed<seed>/cells.json, keyed by the training configuration and, per score,
+by the evaluation configuration. A rerun reuses every score it finds (and says so), and
+scores only what is missing, with the trained policy already there, so adding repeats
+does not train again. The code is not part of these keys: after changing it, delete the
+folder.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
 }
-CELLS_FILE = "cells.json"  # a finished run's scores, beside its policy
+CELLS_FILE = "cells.json"  # a run's scores, beside its policy
+REPEAT_SEED_STRIDE = 100_000  # repeat r draws image k with seed evaluate.seed + r * stride + k: no overlap
 
 
 @dataclass
@@ -49,66 +57,118 @@ class Cell:
     metrics: dict[str, float]
 
 
-def _paircomp(params: Params, policy_dir: str, out: Path, evaluator) -> dict[str, float]:
+def _paircomp(params: Params, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
     from focusdiff.eval.stage import run_paircomp
     from focusdiff.model.loading import load_policy
 
-    cfg = params.evaluate.model_copy(update={
-        "policy": policy_dir, "out": out, "metrics_dir": out / "metrics", "bootstrap": 0,
-        "paircomp": params.evaluate.paircomp.model_copy(update={"evaluator": evaluator})})
+    cfg = _eval_config(params, out, evaluator, repeat).model_copy(update={"policy": policy_dir})
     return run_paircomp(cfg, load_policy(policy_dir), lambda n: None).metrics
 
 
+def _eval_config(params: Params, out: Path, evaluator, repeat: int):
+    return params.evaluate.model_copy(update={
+        "out": out, "metrics_dir": out / "metrics", "bootstrap": 0,
+        "seed": params.evaluate.seed + repeat * REPEAT_SEED_STRIDE,
+        "paircomp": params.evaluate.paircomp.model_copy(update={"evaluator": evaluator})})
+
+
+def _eval_dir(run_dir: Path, repeat: int) -> Path:
+    return run_dir / ("eval" if repeat == 0 else f"eval-r{repeat}")
+
+
+def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([m[k] for m in scores])) for k in scores[0]}
+
+
 def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str] | None = None,
-                 log=lambda metrics, step: None) -> list[Cell]:
+                 eval_repeats: int = 1, log=lambda metrics, step: None) -> list[Cell]:
     from focusdiff.judge.select import build_judge
     from focusdiff.judge.spec import JudgeSpec
     from focusdiff.train.trainer import train
 
+    if eval_repeats < 1:
+        raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
+    repeats = range(eval_repeats)
     cells: list[Cell] = []
     for name, spec in judges.items():
-        metrics = _paircomp(params, params.train.policy, out / "base", spec)
-        cells += [Cell("base", s, name, metrics) for s in seeds]  # the base is not trained: one measurement
+        base = [_paircomp(params, params.train.policy, out / ("base" if r == 0 else f"base-r{r}"), spec, r) for r in repeats]
+        cells += [Cell("base", s, name, _mean(base)) for s in seeds]  # the base is not trained: one measurement
     for variant in variants or list(VARIANTS):
         for seed in seeds:
             run_dir = out / f"{variant}-seed{seed}"
             cfg = params.train.model_copy(update={**VARIANTS[variant], "seed": seed, "out": run_dir / "policy",
                                                   "checkpoint_dir": run_dir / "checkpoints",
                                                   "metrics_dir": run_dir / "metrics"})
-            key = _run_key(cfg, params, judges)
-            done = _finished(run_dir / CELLS_FILE, key)
-            if done is not None:
+            key = _train_key(cfg)
+            wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in repeats}
+            scores = _saved_scores(run_dir / CELLS_FILE, key, _legacy_key(cfg, params, judges), wanted)
+            missing = [w for w in wanted if wanted[w] not in scores]
+            if not missing:
                 print(f"{run_dir}: reusing the scores of a finished run with this configuration (delete it to retrain)")
-                cells += done
             else:
-                train(cfg, build_judge(cfg.judge), progress=False)
-                mine = [Cell(variant, seed, name, _paircomp(params, str(cfg.out), run_dir / "eval", spec))
-                        for name, spec in judges.items()]
-                atomic_write_json(run_dir / CELLS_FILE, {"key": key, "cells": [c.__dict__ for c in mine]})
-                cells += mine
+                if scores is _NO_RUN or not (cfg.out / "model.safetensors").is_file():
+                    train(cfg, build_judge(cfg.judge), progress=False)
+                    scores = {}
+                    missing = list(wanted)
+                else:
+                    print(f"{run_dir}: reusing its trained policy; scoring {len(missing)} missing evaluation(s)")
+                for name, r in missing:
+                    if wanted[name, r] in scores:  # the reward judge is the exact checker: one evaluation serves both
+                        continue
+                    scores[wanted[name, r]] = _paircomp(params, str(cfg.out), _eval_dir(run_dir, r), judges[name], r)
+                    atomic_write_json(run_dir / CELLS_FILE, {"train_key": key, "scores": scores})
+            cells += [Cell(variant, seed, name, _mean([scores[wanted[name, r]] for r in repeats])) for name in judges]
             log({f"ablate.{variant}.seed{seed}.{k}": v for c in cells[-2:] for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     atomic_write_json(out / "ablation.json", [c.__dict__ for c in cells])
     return cells
 
 
-def _run_key(cfg, params: Params, judges: dict[str, Any]) -> str:
-    """What a run's scores depend on: its training config, the evaluation config, the judges.
-    Not the code: after changing the trainer or a benchmark, delete <out> to measure anew."""
-    what = {"train": cfg.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
-            "judges": {k: v.model_dump(mode="json") for k, v in judges.items()}}
+class _NoRun(dict):
+    """No trained run of this configuration (an empty score set that is not a finished run's)."""
+
+
+_NO_RUN = _NoRun()
+
+
+def _hash(what: Any) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def _finished(path: Path, key: str) -> list[Cell] | None:
-    """The scores of a finished run with this key; None when there are none or they are another config's.
-    A file that does not parse is an error naming it, not a silent retrain over it."""
+def _train_key(cfg) -> str:
+    """What a trained policy depends on: its training config (not the code: after changing the
+    trainer, delete <out> to measure anew)."""
+    return _hash({"train": cfg.model_dump(mode="json")})
+
+
+def _eval_key(params: Params, spec, repeat: int) -> str:
+    """What one score of a trained policy depends on: the evaluation config with this repeat's
+    seed, and the judge that scored it."""
+    cfg = _eval_config(params, Path("."), spec, repeat)
+    return _hash(cfg.model_dump(mode="json", exclude={"out", "metrics_dir", "policy"}))
+
+
+def _legacy_key(cfg, params: Params, judges: dict[str, Any]) -> str:
+    """The key of cells.json files written before evaluation repeats (one score per judge)."""
+    what = {"train": cfg.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
+            "judges": {k: v.model_dump(mode="json") for k, v in judges.items()}}
+    return _hash(what)
+
+
+def _saved_scores(path: Path, key: str, legacy_key: str, wanted: dict[tuple[str, int], str]) -> dict[str, dict]:
+    """The scores saved for a run trained with this configuration, by evaluation key; _NO_RUN
+    when there is no such run. A file that does not parse is an error naming it, not a silent
+    retrain over it."""
     if not path.is_file():
-        return None
+        return _NO_RUN
     try:
         saved = json.loads(path.read_text("utf-8"))
-        return [Cell(**c) for c in saved["cells"]] if saved["key"] == key else None
+        if "cells" in saved:  # the layout before repeats: one repeat-0 score per judge
+            if saved["key"] != legacy_key:
+                return _NO_RUN
+            return {wanted[c["judge"], 0]: dict(c["metrics"]) for c in saved["cells"]}
+        return dict(saved["scores"]) if saved["train_key"] == key else _NO_RUN
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a finished ablation run's scores ({exc}); delete it to rerun that run") from exc
 
