@@ -112,7 +112,7 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                     scores = {}
                     missing = list(wanted)
                 else:
-                    print(f"{run_dir}: reusing its trained policy; scoring {len(missing)} missing evaluation(s)")
+                    print(f"{run_dir}: reusing its trained policy; scoring {len({wanted[w] for w in missing})} missing evaluation(s)")
                 for name, r in missing:
                     if wanted[name, r] in scores:  # the reward judge is the exact checker: one evaluation serves both
                         continue
