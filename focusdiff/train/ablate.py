@@ -102,12 +102,13 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                                                   "metrics_dir": run_dir / "metrics"})
             key = _train_key(cfg)
             wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in repeats}
-            scores = _saved_scores(run_dir / CELLS_FILE, key, _legacy_key(cfg, params, judges), wanted)
+            saved = _saved_scores(run_dir / CELLS_FILE, key)
+            scores = saved or {}
             missing = [w for w in wanted if wanted[w] not in scores]
             if not missing:
                 print(f"{run_dir}: reusing the scores of a finished run with this configuration (delete it to retrain)")
             else:
-                if scores is _NO_RUN or not (cfg.out / "model.safetensors").is_file():
+                if saved is None or not (cfg.out / "model.safetensors").is_file():
                     train(cfg, build_judge(cfg.judge), progress=False)
                     scores = {}
                     missing = list(wanted)
@@ -123,13 +124,6 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     atomic_write_json(out / "ablation.json", [c.__dict__ for c in cells])
     return cells
-
-
-class _NoRun(dict):
-    """No trained run of this configuration (an empty score set that is not a finished run's)."""
-
-
-_NO_RUN = _NoRun()
 
 
 def _hash(what: Any) -> str:
@@ -149,26 +143,15 @@ def _eval_key(params: Params, spec, repeat: int) -> str:
     return _hash(cfg.model_dump(mode="json", exclude={"out", "metrics_dir", "policy"}))
 
 
-def _legacy_key(cfg, params: Params, judges: dict[str, Any]) -> str:
-    """The key of cells.json files written before evaluation repeats (one score per judge)."""
-    what = {"train": cfg.model_dump(mode="json"), "evaluate": params.evaluate.model_dump(mode="json"),
-            "judges": {k: v.model_dump(mode="json") for k, v in judges.items()}}
-    return _hash(what)
-
-
-def _saved_scores(path: Path, key: str, legacy_key: str, wanted: dict[tuple[str, int], str]) -> dict[str, dict]:
-    """The scores saved for a run trained with this configuration, by evaluation key; _NO_RUN
+def _saved_scores(path: Path, key: str) -> dict[str, dict] | None:
+    """The scores saved for a run trained with this configuration, by evaluation key; None
     when there is no such run. A file that does not parse is an error naming it, not a silent
     retrain over it."""
     if not path.is_file():
-        return _NO_RUN
+        return None
     try:
         saved = json.loads(path.read_text("utf-8"))
-        if "cells" in saved:  # the layout before repeats: one repeat-0 score per judge
-            if saved["key"] != legacy_key:
-                return _NO_RUN
-            return {wanted[c["judge"], 0]: dict(c["metrics"]) for c in saved["cells"]}
-        return dict(saved["scores"]) if saved["train_key"] == key else _NO_RUN
+        return dict(saved["scores"]) if saved["train_key"] == key else None
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a finished ablation run's scores ({exc}); delete it to rerun that run") from exc
 
