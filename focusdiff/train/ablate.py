@@ -72,8 +72,9 @@ def _eval_config(params: Params, out: Path, evaluator, repeat: int):
         "paircomp": params.evaluate.paircomp.model_copy(update={"evaluator": evaluator})})
 
 
-def _eval_dir(run_dir: Path, repeat: int) -> Path:
-    return run_dir / ("eval" if repeat == 0 else f"eval-r{repeat}")
+def _repeat_dir(folder: Path, repeat: int) -> Path:
+    """Where repeat r's images go: <folder> for the first, <folder>-r<r> for the others."""
+    return folder if repeat == 0 else folder.with_name(f"{folder.name}-r{repeat}")
 
 
 def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
@@ -92,7 +93,7 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     repeats = range(eval_repeats)
     cells: list[Cell] = []
     for name, spec in judges.items():
-        base = [_paircomp(params, params.train.policy, out / ("base" if r == 0 else f"base-r{r}"), spec, r) for r in repeats]
+        base = [_paircomp(params, params.train.policy, _repeat_dir(out / "base", r), spec, r) for r in repeats]
         cells += [Cell("base", s, name, _mean(base)) for s in seeds]  # the base is not trained: one measurement
     for variant in variants or list(VARIANTS):
         for seed in seeds:
@@ -108,16 +109,17 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
             if not missing:
                 print(f"{run_dir}: reusing the scores of a finished run with this configuration (delete it to retrain)")
             else:
-                if saved is None or not (cfg.out / "model.safetensors").is_file():
+                retrain = saved is None or not (cfg.out / "model.safetensors").is_file()
+                if retrain:
                     train(cfg, build_judge(cfg.judge), progress=False)
-                    scores = {}
-                    missing = list(wanted)
-                else:
-                    print(f"{run_dir}: reusing its trained policy; scoring {len({wanted[w] for w in missing})} missing evaluation(s)")
-                for name, r in missing:
-                    if wanted[name, r] in scores:  # the reward judge is the exact checker: one evaluation serves both
-                        continue
-                    scores[wanted[name, r]] = _paircomp(params, str(cfg.out), _eval_dir(run_dir, r), judges[name], r)
+                    scores, missing = {}, list(wanted)
+                todo: dict[str, tuple[str, int]] = {}  # by key: with the exact checker as reward judge, one serves both
+                for w in missing:
+                    todo.setdefault(wanted[w], w)
+                if not retrain:
+                    print(f"{run_dir}: reusing its trained policy; scoring {len(todo)} missing evaluation(s)")
+                for eval_key, (name, r) in todo.items():
+                    scores[eval_key] = _paircomp(params, str(cfg.out), _repeat_dir(run_dir / "eval", r), judges[name], r)
                     atomic_write_json(run_dir / CELLS_FILE, {"train_key": key, "scores": scores})
             cells += [Cell(variant, seed, name, _mean([scores[wanted[name, r]] for r in repeats])) for name in judges]
             log({f"ablate.{variant}.seed{seed}.{k}": v for c in cells[-2:] for k, v in c.metrics.items()
