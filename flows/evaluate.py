@@ -29,12 +29,13 @@ def download_version(project_dir: str, model_name: str, version: str) -> dict[st
     import mlflow
     from mlflow import MlflowClient
 
+    from focusdiff.registry.store import find_version
     from focusdiff.tracking import tracking_uri
 
     params = load_params(Path(project_dir) / "params.yaml")
     uri = tracking_uri(params.tracking)
     client = MlflowClient(uri, registry_uri=uri)
-    mv = client.get_model_version(model_name, version) if version.isdigit() else client.get_model_version_by_alias(model_name, version)
+    mv = find_version(params.promote.model_copy(update={"model_name": model_name}), params.tracking, version, client)
     target = Path(project_dir) / "outputs" / "registry" / f"{model_name}-v{mv.version}"
     mlflow.set_registry_uri(uri)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}", dst_path=str(target),

@@ -31,6 +31,7 @@ from focusdiff.config import load_params
 from focusdiff.data.stage import log_dataset_summary
 from focusdiff.eval.stage import BENCHMARKS
 from focusdiff.errors import ConfigError
+from focusdiff.redact import redact_urls
 from focusdiff.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, StageRun, prefect_flow_run_id
 from focusdiff.versioning import default_remote, output_version, push, repro
 
@@ -210,7 +211,7 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
             run.log_metrics(headline)
             summary = {
                 "mlflow_run_id": run.run_id,
-                "tracking_uri": run.client.tracking_uri,
+                "tracking_uri": redact_urls(run.client.tracking_uri),  # printed and logged: no credentials
                 "data_version": data["version"],
                 **outcome.get("base", {}),
                 **({"judge.test.agreement": outcome["judge.test.agreement"]} if "judge.test.agreement" in outcome else {}),

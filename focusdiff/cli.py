@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from focusdiff.errors import FocusdiffError
+from focusdiff.redact import redact_urls
 
 app = typer.Typer(
     help="FocusDiff Pair-GRPO: data, training, evaluation and promotion.",
@@ -45,8 +46,7 @@ def _params(path: Path, overrides: list[str] | None = None):
 
 
 def _overrides(items: list[str] | None) -> dict:
-    import yaml
-
+    from focusdiff.config import parse_yaml
     from focusdiff.errors import ConfigError
 
     parsed = {}
@@ -54,7 +54,7 @@ def _overrides(items: list[str] | None) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        parsed[key.strip()] = yaml.safe_load(value)
+        parsed[key.strip()] = parse_yaml(value, f"--set {item!r}")
     return parsed
 
 
@@ -278,11 +278,16 @@ def train(
     params: ParamsOpt = Path("params.yaml"),
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a recipe (recipes/*.yaml) instead of params.yaml's train block")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="checkpoints of a run with other parameters are moved aside (<dir>.old-<time>) and "
+        "training starts over, instead of being refused (train.restart=true)")] = False,
 ) -> None:
     """Pair-GRPO (or vanilla GRPO) training; resumes from its last checkpoint. Also runs under
     `accelerate launch` / torchrun for DDP and DeepSpeed (configs in infra/accelerate/)."""
     from focusdiff.config import TrackingConfig, load_recipe
 
+    if restart:
+        set_ = [*(set_ or []), "restart=true"]
     if config is not None:
         cfg = load_recipe(config, _overrides(set_))
         project = _params(params) if params.is_file() else None
@@ -477,11 +482,18 @@ def judge_serve(
     host: Annotated[str, typer.Option(help="interface to bind; loopback unless you mean to expose it")] = "127.0.0.1",
     port: int = 8000,
     model_name: Annotated[Optional[str], typer.Option(help="model id clients send (default: focusdiff-<backend>)")] = None,
+    # The defaults are server.DEFAULT_MAX_BODY_BYTES and DEFAULT_MAX_IMAGE_PIXELS, spelled out: importing the
+    # server module here would load FastAPI and Pillow for every command.
+    max_body_bytes: Annotated[int, typer.Option(
+        min=1, help="largest request body accepted; larger ones get a 413 before they are read")] = 8 * 1024 * 1024,
+    max_image_pixels: Annotated[int, typer.Option(
+        min=1, help="largest image (width x height) accepted; checked from its header before decoding (400)")] = 4096 * 4096,
 ) -> None:
     """Serve a judge as an OpenAI-compatible chat-completions endpoint (P(yes) in the log-probs)."""
     from focusdiff.judge.server import make_backend, serve
 
-    serve(make_backend(backend, model), host=host, port=port, model_name=model_name or f"focusdiff-{backend}")
+    serve(make_backend(backend, model), host=host, port=port, model_name=model_name or f"focusdiff-{backend}",
+          max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
 
 
 @judge_app.command("report")
@@ -548,7 +560,8 @@ def main() -> None:
     try:
         app()  # standalone: typer reports usage errors itself
     except FocusdiffError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # redact_urls: a message may quote a configured URL (a judge's base_url, a tracking URI) with its credentials.
+        err_console.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

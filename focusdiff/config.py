@@ -3,10 +3,24 @@
 Every stage has one section; a wrong key, type or range is a ConfigError naming
 the file and the dotted key. `dvc.yaml` declares which sections each stage
 depends on, so `dvc exp run -S data.shapes.seed=3` re-runs exactly what changed.
+
+Loading is strict, so that nothing is silently lost or made up:
+
+* a key given twice in one mapping is an error (YAML would keep the last);
+* values are validated as the JSON data they are, in pydantic's strict mode: `true` or
+  `"4"` is not an integer, `1` is not a boolean; paths are strings and tuples lists, and
+  an integer is a valid float;
+* numbers must be finite (`.inf` and `.nan` are refused wherever they appear);
+* every stage's block must be present: a deleted `train:` block is an error, not the
+  reference run's constants;
+* `1e-5` is a number, as in YAML 1.2 and JSON (PyYAML alone reads it as a string).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,14 +108,17 @@ class BootstrapConfig(Section):
 
 
 class Params(Section):
-    tracking: TrackingConfig = TrackingConfig()
+    """The whole parameter file. Every block is required: a missing one is a mistake, and
+    its defaults (the reference run's constants for `train`) would be a silent substitute."""
+
+    tracking: TrackingConfig
     data: DataConfig
     bootstrap: BootstrapConfig
-    judge: ShapesJudgeConfig = ShapesJudgeConfig()
-    train: GRPOConfig = GRPOConfig()
-    evaluate: EvalConfig = EvalConfig()
-    promote: GateConfig = GateConfig()
-    cluster: ClusterConfig = ClusterConfig()
+    judge: ShapesJudgeConfig
+    train: GRPOConfig
+    evaluate: EvalConfig
+    promote: GateConfig
+    cluster: ClusterConfig
 
 
 def _format_error(exc: ValidationError, file: Path) -> str:
@@ -122,15 +139,95 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     path = Path(path)
     raw = read_yaml_mapping(path, "parameter file")
     apply_overrides(raw, overrides, path)
+    return _validate(Params, raw, path)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None):
+    """A training recipe (recipes/*.yaml): the fields of a `train:` block, validated."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "recipe")
+    apply_overrides(raw, overrides, path)
+    return _validate(GRPOConfig, raw, path)
+
+
+def _validate(model: type[BaseModel], raw: dict[str, Any], path: Path):
+    """Validate parsed YAML strictly: as JSON, in pydantic's strict mode (see the module
+    docstring). JSON mode is what lets a string be a path and a list a tuple, while strict
+    mode refuses the lax coercions (`true` -> 1, `"4"` -> 4)."""
+    _check_plain_data(raw, (), path)
     try:
-        return Params.model_validate(raw)
+        return model.model_validate_json(json.dumps(raw, allow_nan=False), strict=True)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, path)) from None
 
 
+def _check_plain_data(value: Any, keys: tuple[str, ...], path: Path) -> None:
+    """Refuse what JSON cannot hold, naming the dotted key: non-finite numbers, dates and
+    other YAML-only types, and non-string mapping keys."""
+    where = ".".join(keys) or "<root>"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{path}: {where}: key {key!r} is not a string (quote it)")
+            _check_plain_data(item, (*keys, key), path)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain_data(item, (*keys, str(i)), path)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: {where}: Input should be a finite number (got {value!r})")
+    elif value is not None and not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{path}: {where}: {type(value).__name__} values are not accepted (got {value!r}; quote it "
+                          "if it is meant as text)")
+
+
+# --------------------------------------------------------------- reading YAML strictly
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-5` as a float as YAML 1.2 and JSON do."""
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, path: Path | str = "<string>") -> Any:
+    """Parse one YAML document; a key repeated in a mapping is a ConfigError naming the
+    file, its line and the dotted key (plain YAML keeps the last value without a word)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _reject_duplicate_keys(node, (), path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _reject_duplicate_keys(node: yaml.Node, keys: tuple[str, ...], path: Path | str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key in first_line:
+                    raise ConfigError(f"{path}:{line}: {'.'.join((*keys, key))}: duplicate key "
+                                      f"(first given at line {first_line[key]}; YAML would keep the last)")
+                first_line[key] = line
+            _reject_duplicate_keys(value_node, (*keys, key), path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, (*keys, str(i)), path)
+
+
 def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text("utf-8"))
+        raw = parse_yaml(path.read_text("utf-8"), path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -150,14 +247,3 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, path:
             if not isinstance(node, dict):
                 raise ConfigError(f"{path}: cannot override {key}: {p} is not a section")
         node[leaf] = value
-
-
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None):
-    """A training recipe (recipes/*.yaml): the fields of a `train:` block, validated."""
-    path = Path(path)
-    raw = read_yaml_mapping(path, "recipe")
-    apply_overrides(raw, overrides, path)
-    try:
-        return GRPOConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, path)) from None

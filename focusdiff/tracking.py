@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from focusdiff.config import TrackingConfig
+from focusdiff.redact import redact_urls
 
 PARENT_RUN_ENV = "FOCUSDIFF_PARENT_RUN_ID"
 FLOW_RUN_ENV = "FOCUSDIFF_FLOW_RUN_ID"
@@ -32,7 +33,16 @@ _PARAM_MAX = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return _pin_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri)
+    """The tracking URI in effect: MLFLOW_TRACKING_URI, else `tracking.uri` (a relative sqlite path pinned).
+
+    A URI with credentials (`http://user:secret@host`) is used as given, but MLflow would print it
+    whole whenever a run on the server ends ("View run ... at: <URI>/#/..."): that print is turned
+    off for this process (and its children) as soon as such a URI is in effect.
+    """
+    uri = _pin_sqlite(os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri)
+    if redact_urls(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
 
 
 def _pin_sqlite(uri: str) -> str:
@@ -119,11 +129,42 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _get_run(client: MlflowClient, run_id: str):
+    """The run, or None when this tracking server has no run of that id."""
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def run_exists(cfg: TrackingConfig, run_id: str) -> bool:
+    client, _ = client_and_experiment(cfg)
+    return _get_run(client, run_id) is not None
+
+
+def end_abandoned_run(cfg: TrackingConfig, run_id: str, reason: str) -> bool:
+    """Mark `run_id` FAILED, with `reason` as its error, if it is still RUNNING: a killed process
+    never ends its run, which would otherwise stay RUNNING forever. Returns whether it did so
+    (not when the run ended already or is not on this tracking server)."""
+    client, _ = client_and_experiment(cfg)
+    run = _get_run(client, run_id)
+    if run is None or run.info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "error", reason[:5000])
+    client.set_terminated(run_id, status="FAILED")
+    return True
+
+
 class StageRun:
     """An MLflow run for one stage; use as a context manager.
 
     On an exception the run ends FAILED with the error recorded as a tag, so a
-    failed stage is never mistaken for a finished one.
+    failed stage is never mistaken for a finished one. With `resume_run_id` it
+    continues an existing run (a training resumed from its checkpoints): the run is
+    RUNNING again, a previous error moves to the `error.before_resume` tag, and
+    parameters already logged are kept (see `log_params`).
     """
 
     def __init__(
@@ -133,6 +174,7 @@ class StageRun:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
     ) -> None:
         self.client, self.experiment_id = client_and_experiment(cfg)
         parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
@@ -141,10 +183,24 @@ class StageRun:
             all_tags["mlflow.parentRunId"] = parent
         if flow_run := prefect_flow_run_id():
             all_tags["prefect.flow_run_id"] = str(flow_run)
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=stage)
-        self.run_id = run.info.run_id
+        self._logged_params: dict[str, str] | None = None  # a resumed run's, which MLflow will not change
+        if resume_run_id is None:
+            run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=stage)
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = resume_run_id
+            self._resume(all_tags)
         if params:
             self.log_params(params)
+
+    def _resume(self, tags: Mapping[str, str]) -> None:
+        run = self.client.get_run(self.run_id)
+        self._logged_params = dict(run.data.params)
+        self.client.update_run(self.run_id, status="RUNNING")
+        if "error" in run.data.tags:
+            self.client.set_tag(self.run_id, "error.before_resume", run.data.tags["error"])
+            self.client.delete_tag(self.run_id, "error")
+        self.set_tags({**tags, "resumed": "true"})
 
     # -- context manager
     def __enter__(self) -> "StageRun":
@@ -159,10 +215,25 @@ class StageRun:
 
     # -- logging
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record `params`, flattened to dotted keys; any URL in a value has its credentials
+        masked first (a judge's base_url may read `http://user:secret@host/v1`)."""
         flat = flatten(params)
-        items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in sorted(flat.items())]
+        items = [Param(k, redact_urls(str(v))[:_PARAM_MAX]) for k, v in sorted(flat.items())]
+        if self._logged_params is not None:
+            items = self._not_yet_logged(items)
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def _not_yet_logged(self, items: list[Param]) -> list[Param]:
+        """A resumed run's params that it does not hold yet. MLflow params cannot change, so a value
+        that changed since the run started (a setting that does not change the trajectory, such as
+        the judge's URL) is kept as a `param_changed_on_resume.<key>` tag instead."""
+        logged = self._logged_params or {}
+        changed = [RunTag(f"param_changed_on_resume.{p.key}", p.value) for p in items
+                   if p.key in logged and logged[p.key] != p.value]
+        if changed:
+            self.client.log_batch(self.run_id, tags=changed)
+        return [p for p in items if p.key not in logged]
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -67,8 +67,10 @@ def test_shapes_render_writes_png(tmp_path):
 
 
 def test_user_errors_are_one_line_with_exit_2(tmp_path):
-    bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump({"data": {"shapes": {"canvas": 8}}}))
+    bad = _small_params(tmp_path)
+    raw = yaml.safe_load(bad.read_text())
+    raw["data"]["shapes"]["canvas"] = 8
+    bad.write_text(yaml.safe_dump(raw))
     proc = subprocess.run([FOCUSDIFF, "data", "build", "--params", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"error: {bad}: data.shapes.canvas: Input should be greater than or equal to 32" in proc.stderr

@@ -57,7 +57,14 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from pydantic import BaseModel
 
-from focusdiff.data.schema import PairRecord, PromptRecord, parse_record, read_jsonl, write_records
+from focusdiff.data.schema import (
+    PairRecord,
+    PromptRecord,
+    json_type_name,
+    parse_record,
+    read_jsonl,
+    write_records,
+)
 from focusdiff.data.validate import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_unique_ids,
@@ -97,11 +104,6 @@ class ImportReport(BaseModel):
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -181,7 +183,7 @@ def _read_json_rows(path: Path) -> list[tuple[int, Any]]:
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", file=path) from None
     if not isinstance(rows, list):
-        raise DataError(f"expected a JSON list of pair objects at the top level, got {_json_type(rows)}", file=path)
+        raise DataError(f"expected a JSON list of pair objects at the top level, got {json_type_name(rows)}", file=path)
     return [(i, row) for i, row in enumerate(rows, start=1)]
 
 
@@ -269,7 +271,7 @@ def _image_values(path: Path, fmt: str, rows: Sequence[tuple[int, Any]]) -> Iter
 
 def _check_row(raw: Any, *, file: Path, row: int) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise DataError(f"expected an object with prompt1 and prompt2, got {_json_type(raw)}", file=file, row=row)
+        raise DataError(f"expected an object with prompt1 and prompt2, got {json_type_name(raw)}", file=file, row=row)
     for key in raw:
         if key not in PAIR_FIELDS:
             raise DataError(f"unknown field; expected some of {', '.join(PAIR_FIELDS)}", file=file, row=row, field=key)
@@ -280,7 +282,7 @@ def _check_row(raw: Any, *, file: Path, row: int) -> dict[str, Any]:
                 "missing required field" if key not in raw else "required field is null", file=file, row=row, field=key
             )
         if not isinstance(value, str):
-            raise DataError(f"expected a string, got {_json_type(value)}", file=file, row=row, field=key)
+            raise DataError(f"expected a string, got {json_type_name(value)}", file=file, row=row, field=key)
         if not value.strip():
             raise DataError("empty or whitespace-only text", file=file, row=row, field=key)
     return raw
@@ -345,7 +347,7 @@ def _image_source(value: Any, *, base_dir: Path, file: Path, row: int, field: st
         data = value.get("bytes")
         if data is not None:
             if not isinstance(data, (bytes, bytearray)):
-                raise DataError(f"expected binary image bytes, got {_json_type(data)}", file=file, row=row, field=field)
+                raise DataError(f"expected binary image bytes, got {json_type_name(data)}", file=file, row=row, field=field)
             return bytes(data)
         value = value.get("path")
     if value is None:
@@ -353,7 +355,7 @@ def _image_source(value: Any, *, base_dir: Path, file: Path, row: int, field: st
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if not isinstance(value, str):
-        raise DataError(f"expected an image path or null, got {_json_type(value)}", file=file, row=row, field=field)
+        raise DataError(f"expected an image path or null, got {json_type_name(value)}", file=file, row=row, field=field)
     if not value.strip():
         raise DataError("empty image path; use null for a pair without this image", file=file, row=row, field=field)
     path = Path(value)

@@ -15,6 +15,7 @@ Every pair is kept (the reference loader silently used only the first half).
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -101,6 +102,21 @@ class PromptRecord(_Record):
     scene: dict[str, Any] | None = None
 
 
+_JSON_TYPE_NAMES: dict[type, str] = {
+    dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+    bytes: "binary data", type(None): "null",
+}
+
+
+def json_type_name(value: Any) -> str:
+    """A value's type as an error message says it: "an object", "an integer", "null"."""
+    name = _JSON_TYPE_NAMES.get(type(value))
+    if name is not None:
+        return name
+    other = type(value).__name__
+    return f"{'an' if other[:1].lower() in 'aeiou' else 'a'} {other}"
+
+
 def _first_error(exc: ValidationError) -> tuple[str | None, str]:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or None
@@ -111,7 +127,7 @@ def _first_error(exc: ValidationError) -> tuple[str | None, str]:
 def parse_record(model: type[_Record], raw: Any, *, file: str | Path, row: int) -> Any:
     """Validate one raw row; errors name the file, row and field."""
     if not isinstance(raw, dict):
-        raise DataError(f"expected a JSON object, got {type(raw).__name__}", file=file, row=row)
+        raise DataError(f"expected a JSON object, got {json_type_name(raw)}", file=file, row=row)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -120,9 +136,10 @@ def parse_record(model: type[_Record], raw: Any, *, file: str | Path, row: int) 
 
 
 def read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """Rows of a JSONL file as (1-based line number, parsed object); blank lines skipped."""
+    """Rows of a JSONL file as (1-based line number, parsed object); blank lines skipped.
+    A UTF-8 byte-order mark at the start is dropped, as for JSON and text inputs."""
     try:
-        data = path.read_bytes()
+        data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     except FileNotFoundError:
         raise DataError("file not found", file=path) from None
     rows = []

@@ -24,7 +24,14 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from focusdiff.data.schema import PairRecord, PromptRecord, dataset_counts, load_dataset, read_jsonl
+from focusdiff.data.schema import (
+    PairRecord,
+    PromptRecord,
+    dataset_counts,
+    json_type_name,
+    load_dataset,
+    read_jsonl,
+)
 from focusdiff.errors import DataError
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
@@ -150,7 +157,7 @@ def _check_counts(root: Path, manifest: dict[str, Any], counts: dict[str, Any]) 
         return
     stated, manifest_path = manifest["counts"], root / "manifest.json"
     if not isinstance(stated, dict):
-        raise DataError(f"expected an object, got {type(stated).__name__}", file=manifest_path, field="counts")
+        raise DataError(f"expected an object, got {json_type_name(stated)}", file=manifest_path, field="counts")
     for key, actual in counts.items():
         if stated.get(key) != actual:
             raise DataError(

@@ -31,7 +31,11 @@ raised, with the number of attempts; the base class turns that into an
 
 The API key is read from the environment variable `api_key_env` at request time
 (so a rotated key is picked up) and sent as a Bearer token. It is never logged,
-and it is redacted from any server text quoted in an error.
+and it is redacted from any server text quoted in an error. Credentials inside
+`base_url` (`http://user:secret@host/v1`) are used as given (httpx sends the
+userinfo as Basic auth) but never shown: every message names the URL through
+`redact_urls`, and server text is cleared of the password and of the Basic
+credentials built from it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import httpx
 
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import QUESTION, ImageLike, Judge, Verdict, to_rgb
+from focusdiff.redact import redact_urls
 
 _YES, _NO = "yes", "no"
 _WORD_START_MARKERS = "Ġ▁"  # BPE (GPT-2 style) and SentencePiece word-start markers
@@ -100,7 +105,7 @@ class OpenAIJudge(Judge):
     ):
         super().__init__(max_concurrency)
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise ValueError(f"base_url must start with http:// or https://, got {redact_urls(base_url)!r}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if backoff_base < 0 or backoff_cap < 0:
@@ -116,7 +121,13 @@ class OpenAIJudge(Judge):
 
     @property
     def url(self) -> str:
+        """Where requests go, credentials included: never put it in a message (see `shown_url`)."""
         return f"{self.base_url}/chat/completions"
+
+    @property
+    def shown_url(self) -> str:
+        """`url` fit for messages and logs: its credentials masked."""
+        return redact_urls(self.url)
 
     # -- one shared connection pool per batch -------------------------------- #
 
@@ -142,7 +153,7 @@ class OpenAIJudge(Judge):
                 return await self._post_once(body)
             except _Transient as exc:
                 if attempt + 1 == attempts:
-                    raise JudgeServerError(f"{exc.what} after {attempts} attempts ({self.url}): {exc.detail}") from None
+                    raise JudgeServerError(f"{exc.what} after {attempts} attempts ({self.shown_url}): {exc.detail}") from None
                 delay = self._backoff(attempt, exc.retry_after)
                 log.warning("judge request failed (%s); retry %d/%d in %.2f s", exc, attempt + 1, self.max_retries, delay)
                 await asyncio.sleep(delay)
@@ -155,11 +166,11 @@ class OpenAIJudge(Judge):
         except httpx.TimeoutException as exc:
             raise _Transient("timeout", f"no answer within {self.timeout} s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:  # refused, reset, dropped mid-response
-            raise _Transient(type(exc).__name__, str(exc) or "connection failed") from None
+            raise _Transient(type(exc).__name__, self._excerpt(str(exc)) or "connection failed") from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Transient(f"HTTP {resp.status_code}", self._excerpt(_server_message(resp)), _retry_after_seconds(resp))
         if resp.status_code >= 400:
-            raise JudgeServerError(f"HTTP {resp.status_code} from {self.url}: {self._excerpt(_server_message(resp))}")
+            raise JudgeServerError(f"HTTP {resp.status_code} from {self.shown_url}: {self._excerpt(_server_message(resp))}")
         try:
             return resp.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -169,6 +180,16 @@ class OpenAIJudge(Judge):
         key = os.environ.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _secrets(self) -> list[str]:
+        """What a server may echo back that must not be shown: the API key, the base URL's
+        password, and the Basic credentials httpx sends from the URL's userinfo."""
+        secrets = [os.environ.get(self.api_key_env) or ""]
+        url = httpx.URL(self.base_url)
+        if url.username or url.password:
+            secrets.append(url.password)
+            secrets.append(base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii"))
+        return [s for s in secrets if s]
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
         if retry_after is not None:  # a 429/503 that says when to come back
@@ -176,11 +197,10 @@ class OpenAIJudge(Judge):
         return delay
 
     def _excerpt(self, text: str) -> str:
-        """Server text fit for an error message: shortened, the API key redacted."""
-        key = os.environ.get(self.api_key_env)
-        if key:
-            text = text.replace(key, "<redacted>")
-        text = " ".join(text.split())
+        """Server text fit for an error message: shortened, the API key and URL credentials redacted."""
+        for secret in self._secrets():
+            text = text.replace(secret, "<redacted>")
+        text = " ".join(redact_urls(text).split())
         return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "..."
 
 

@@ -19,6 +19,23 @@ Endpoints:
   wording, an unknown model) is a 4xx saying what is wrong; a `JudgeFailure` is a
   500 carrying its message - never a made-up answer.
 * `GET /v1/models` - the one model served; `GET /health` - liveness.
+
+Limits. A request is untrusted input, and a small one can cost a lot: a 236 KB PNG
+declaring 9000x9000 decodes into gigabytes. So the body is read in chunks up to
+`max_body_bytes` (a larger declared Content-Length, or a chunked body that grows
+past it, is a 413 before anything is parsed), and the image's size is read from
+its header and checked against `max_image_pixels` before any pixel is decoded (a
+400). Both are 4xx: a client must not retry them (OpenAIJudge does not). The
+defaults fit real judge inputs with room to spare - generated images are 384-1024
+px a side, a few hundred KB as PNG:
+
+* `DEFAULT_MAX_BODY_BYTES` = 8 MiB: a 1024x1024 PNG of pure noise (~3 MiB, ~4 MiB
+  as base64) still fits;
+* `DEFAULT_MAX_IMAGE_PIXELS` = 4096 x 4096 (16.8 MP, ~50 MB as RGB). Whatever the
+  setting, Pillow itself refuses more than 2 x Image.MAX_IMAGE_PIXELS (~179 MP) as
+  it reads the header; that is a 400 too.
+
+`focusdiff judge serve --max-body-bytes N --max-image-pixels N` changes them.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 import re
 import time
@@ -44,6 +62,9 @@ from focusdiff.judge.base import QUESTION, Judge, JudgeFailure, Verdict
 _BEFORE, _AFTER = QUESTION.split("{prompt}")
 _QUESTION_RE = re.compile(re.escape(_BEFORE) + r"(?P<prompt>.*)" + re.escape(_AFTER), re.DOTALL)
 _DATA_URL_RE = re.compile(r"data:image/[\w.+-]+;base64,(?P<data>.*)", re.DOTALL)
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # see the module docstring
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def _exact(model: str | None) -> Judge:
@@ -103,7 +124,7 @@ def _user_content(body: Any) -> list[dict[str, Any]]:
     return content
 
 
-def _image(parts: list[dict[str, Any]]) -> Image.Image:
+def _image(parts: list[dict[str, Any]], max_pixels: int) -> Image.Image:
     urls = [p.get("image_url") for p in parts if p.get("type") == "image_url"]
     if len(urls) != 1:
         raise _bad_request(f"expected exactly one image_url part, got {len(urls)}")
@@ -113,11 +134,49 @@ def _image(parts: list[dict[str, Any]]) -> Image.Image:
         # Fetching remote URLs would let a request make this server call anywhere.
         raise _bad_request("the image must be a base64 data URL (data:image/<type>;base64,...)")
     try:
+        # Image.open reads the header only; nothing is decoded before the size check below.
         image = Image.open(io.BytesIO(base64.b64decode(match["data"], validate=True)))
-        image.load()
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, met while reading the header
+        raise _bad_request(f"the image is too large to decode ({exc}); this server accepts at most "
+                           f"{max_pixels:,} pixels (--max-image-pixels)") from None
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
         raise _bad_request(f"the image data URL does not decode to an image: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _bad_request(f"the image declares {width}x{height} = {width * height:,} pixels; this server accepts "
+                           f"at most {max_pixels:,} (--max-image-pixels)")
+    try:
+        image.load()
+    except (ValueError, OSError) as exc:
+        raise _bad_request(f"the image data URL does not decode to an image: {exc}") from None
     return image.convert("RGB")
+
+
+async def _body(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body, read in chunks and never past `max_bytes` (413 beyond it).
+
+    A declared Content-Length over the limit is refused before a byte is read; a body
+    without one (chunked) is refused as soon as it grows past the limit. Uvicorn drains
+    and discards what the client still sends, so the client reads the 413 rather than
+    a reset connection.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(f"{int(declared):,} bytes", max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(f"more than {max_bytes:,} bytes", max_bytes)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:  # not JSON, or not UTF-8
+        raise _bad_request("the request body is not JSON") from None
+
+
+def _too_large(size: str, max_bytes: int) -> HTTPException:
+    return HTTPException(413, f"the request body is {size}; this server accepts at most {max_bytes:,} (--max-body-bytes)")
 
 
 def _prompt(parts: list[dict[str, Any]]) -> str:
@@ -160,7 +219,17 @@ def completion_body(verdict: Verdict, model: str, logprobs: bool, top_logprobs: 
     }
 
 
-def create_app(judge: Judge, model_name: str) -> FastAPI:
+def create_app(
+    judge: Judge,
+    model_name: str,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> FastAPI:
+    """The judge server's app; requests over `max_body_bytes` or images over `max_image_pixels` are refused."""
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_image_pixels", max_image_pixels)):
+        if value < 1:
+            raise ConfigError(f"the judge server's {name} must be >= 1, got {value}")
     app = FastAPI(title=f"focusdiff judge ({judge.name})", docs_url=None, redoc_url=None)
 
     @app.exception_handler(StarletteHTTPException)  # ours, and starlette's own (404, 405)
@@ -187,16 +256,13 @@ def create_app(judge: Judge, model_name: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise _bad_request("the request body is not JSON") from None
+        body = await _body(request, max_body_bytes)
         if not isinstance(body, dict):
             raise _bad_request("the request body must be a JSON object")
         if body.get("model") not in (None, model_name):
             raise HTTPException(404, f"model {body['model']!r} is not served here; this server serves {model_name!r}")
         parts = _user_content(body)
-        image, prompt = _image(parts), _prompt(parts)
+        image, prompt = _image(parts, max_image_pixels), _prompt(parts)
         try:
             [verdict] = await judge.ajudge([image], [prompt])
         except JudgeFailure as exc:
@@ -209,8 +275,18 @@ def create_app(judge: Judge, model_name: str) -> FastAPI:
     return app
 
 
-def serve(judge: Judge, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None) -> None:
+def serve(
+    judge: Judge,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> None:
     """Run the judge server in the foreground (loopback unless told otherwise)."""
     import uvicorn
 
-    uvicorn.run(create_app(judge, model_name or f"focusdiff-{judge.name}"), host=host, port=port, log_level="info")
+    app = create_app(judge, model_name or f"focusdiff-{judge.name}",
+                     max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -232,6 +232,13 @@ def checkpoint_fingerprint(src: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def checkpoint_files(src: Path) -> list[Path]:
+    """The files that make a checkpoint directory the model it is: its config, tokenizer files,
+    weight index and weight files (what a content identity hashes; not READMEs or records)."""
+    named = [src / name for name in (CONFIG_FILE, *_FINGERPRINTED_FILES, *WEIGHT_INDEXES)]
+    return [p for p in named if p.is_file()] + weight_files(src)
+
+
 def _converted(src: Path, cache_dir: str | Path | None) -> Path:
     """The transformers-format conversion of `src`, made on first use."""
     target = conversion_cache_dir(cache_dir) / f"{src.resolve().name}-{checkpoint_fingerprint(src)}"

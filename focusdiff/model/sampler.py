@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers.activations import SiLUActivation
 
 from focusdiff.model.policy import Policy
-from focusdiff.model.prompting import build_prompt_batch
+from focusdiff.model.prompting import PositionLimit, build_prompt_batch
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.vq import to_pixels
 
@@ -354,6 +354,11 @@ def _prefill(model, batch, kv: _PrefixKV) -> torch.Tensor:
     return hidden[inverse]
 
 
+def position_limit(policy: Policy) -> PositionLimit:
+    """The positions a prompt and its image may use in this policy's language model."""
+    return PositionLimit(policy.model.config.text_config.max_position_embeddings, policy.num_image_tokens)
+
+
 _NOISE_BLOCK = 64  # steps of sampling noise drawn per row at a time
 
 
@@ -368,7 +373,7 @@ def sample(policy: Policy, prompts: list[str], seeds: list[int], s: SamplingConf
     if lm.config._attn_implementation not in ("sdpa", "eager"):
         raise ValueError(f"the sampler needs sdpa or eager attention, not {lm.config._attn_implementation!r}; "
                          "load the policy with attn_implementation='sdpa'")
-    batch = build_prompt_batch(policy.tokenizer, prompts, device)
+    batch = build_prompt_batch(policy.tokenizer, prompts, device, position_limit(policy))
     B, L, N = len(prompts), batch.input_ids.shape[1], policy.num_image_tokens
     dtype = model.get_input_embeddings().weight.dtype
     kv = _PrefixKV(lm, 2 * B, L + N, dtype, device)
@@ -403,7 +408,7 @@ def token_logprobs(
 ) -> torch.Tensor:
     """Teacher-forced log p(tokens | prompt) per token, (B, N), with gradients through
     both the conditional and the unconditional pass (as the Pair-GRPO loss needs)."""
-    batch = build_prompt_batch(policy.tokenizer, prompts, policy.device)
+    batch = build_prompt_batch(policy.tokenizer, prompts, policy.device, position_limit(policy))
     return logprobs_from_scores(image_token_scores(policy, batch, tokens.repeat(2, 1)), tokens, s, form)
 
 

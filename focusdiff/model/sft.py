@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +110,21 @@ class CheckpointError(FocusdiffError):
     """A training checkpoint is corrupt or partial; it is never loaded silently."""
 
 
+def pickle_refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    """The error for a checkpoint file that `torch.load(weights_only=True)` refused: it holds
+    objects other than tensors and plain containers. Torch's own message goes on to advise
+    weights_only=False, which would run whatever code the file carries; only its diagnosis
+    is kept."""
+    match = re.search(r"WeightsUnpickler error: (.*)", str(error))
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if match:
+        reason = match.group(1).split(". ")[0]
+    else:  # torch's preamble alone is advice, not a diagnosis
+        reason = "objects torch's safe loader does not allow" if "weights only" in first.lower() else first
+    return CheckpointError(f"{path}: refused, not loaded: it is not a plain tensor/optimizer state ({reason}); "
+                           "a checkpoint this code wrote holds only tensors, so this file is damaged or not one of ours")
+
+
 _CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors")
 
 
@@ -141,7 +158,10 @@ def load_checkpoint(directory: Path, fingerprint: str, model, opt, stream: "Capt
         if hashlib.sha256(path.read_bytes()).hexdigest() != files.get(name):
             raise CheckpointError(f"{path}: sha256 differs from {state_file} (corrupt); delete {directory} to start over")
     load_model(model, str(directory / "model.safetensors"))
-    opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    try:
+        opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    except pickle.UnpicklingError as exc:
+        raise pickle_refused(directory / "optimizer.pt", exc) from None
     gen.set_state(load_file(directory / "rng.safetensors")["generator"])
     stream.sampler.rng.bit_generator.state = state["stream_rng"]
     return step

@@ -39,6 +39,16 @@ class GateConfig(BaseModel):
     tolerances: dict[str, float] = Field(
         default_factory=lambda: {"geneval.overall": 0.02, "t2i_compbench.mean_of_categories": 0.02, "dpg.overall": 1.0},
         description="largest allowed drop per metric (in the metric's own units)")
+    registry_timeout_s: int = Field(5, ge=1, le=300,
+                                    description="seconds the gate waits for one answer from the MLflow registry")
+    registry_retries: int = Field(2, ge=0, le=10,
+                                  description="retries of a registry request the server did not answer (at once, "
+                                              "then 2 s, 4 s... apart); then the gate stops with an 'unreachable' error")
+
+    def metrics_read(self) -> tuple[str, ...]:
+        """The `eval.<metric>` tags the gate decides on: the deciding metric and every metric
+        with a regression tolerance. Any other eval tag (a reviewer's note) is not its business."""
+        return (self.metric, *self.tolerances)
 
 
 @dataclass

@@ -11,21 +11,36 @@
 * `promote`: reads both versions' evidence, asks the gate (gate.py), writes the decision,
   the numbers and the reasons on the challenger, and moves `champion` when it wins.
   Idempotent; `dry_run` decides without writing.
+
+Reading the champion and challenger (`find_version`, `champion`, `promote`) runs under the
+gate's registry budget (`promote.registry_timeout_s`, `promote.registry_retries`) and every
+failure is classified once (`classify`): only the registry's own "does not exist" means
+missing; a server that does not answer is `RegistryUnreachable`, naming the tracking URI
+(credentials masked), within seconds rather than after MLflow's minutes of retries.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from focusdiff.config import TrackingConfig
 from focusdiff.errors import FocusdiffError
+from focusdiff.redact import redact_urls
 from focusdiff.registry.gate import Decision, Evidence, GateConfig, decide
 from focusdiff.tracking import tracking_uri
 
@@ -36,8 +51,114 @@ class RegistryError(FocusdiffError):
     """The registry does not hold what a command needs (a version, an alias, evidence)."""
 
 
+class RegistryUnreachable(RegistryError):
+    """The tracking server gave no answer (refused or timed-out connection, 5xx responses)
+    within the gate's registry budget."""
+
+
 def _client(tracking: TrackingConfig) -> MlflowClient:
     return MlflowClient(tracking_uri(tracking), registry_uri=tracking_uri(tracking))
+
+
+class Failure(Enum):
+    """What a failed registry call means (see `classify`)."""
+
+    NOT_FOUND = "not found"
+    UNREACHABLE = "unreachable"
+    OTHER = "other"
+
+
+# MLflow's stores (sqlalchemy, file, hence also the server) answer a missing alias with
+# INVALID_PARAMETER_VALUE and this message, not with RESOURCE_DOES_NOT_EXIST.
+_MISSING_ALIAS = re.compile(r"\bRegistered model alias \S+ not found\.")
+# What MLflow's HTTP client gives up with, wrapped in the MlflowException it raises: a refused
+# or timed-out connection, or retries exhausted on 408/429/5xx responses.
+_NO_ANSWER = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)
+
+
+def classify(exc: MlflowException) -> Failure:
+    """The one place that decides what a registry failure means.
+
+    * NOT_FOUND: the registry answered that the model, version or alias does not exist
+      (RESOURCE_DOES_NOT_EXIST, or a missing alias, see `_MISSING_ALIAS`);
+    * UNREACHABLE: the registry did not answer (TEMPORARILY_UNAVAILABLE, or the `requests`
+      error MLflow's HTTP client gave up with);
+    * OTHER: it answered with anything else (permission denied, a bad request, a broken
+      store). Never "not found": an outage read as "no champion" lets any challenger through.
+    """
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return Failure.NOT_FOUND
+    if exc.error_code == "INVALID_PARAMETER_VALUE" and _MISSING_ALIAS.search(exc.message):
+        return Failure.NOT_FOUND
+    if exc.error_code == "TEMPORARILY_UNAVAILABLE":
+        return Failure.UNREACHABLE
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, _NO_ANSWER):
+            return Failure.UNREACHABLE
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return Failure.OTHER
+
+
+_BUDGET_LOCK = threading.RLock()
+
+
+@contextmanager
+def _registry_budget(gate: GateConfig) -> Iterator[None]:
+    """MLflow's HTTP client takes its retry policy from the environment, read on every request
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT and MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER
+    in mlflow.environment_variables; by default 7 retries, a factor-2 backoff, a 120 s timeout and
+    whatever wait a 429/503 asks for: about four minutes before an outage surfaces), and its REST
+    store has no per-client setting. So the gate's budget is set there around each registry call
+    and the previous values are put back after. The environment is process-wide: these scopes are
+    serialized by a lock, and another thread that talks to MLflow meanwhile runs under the same budget."""
+    budget = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(gate.registry_retries),
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(gate.registry_timeout_s),
+              "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false"}
+    with _BUDGET_LOCK:
+        before = {key: os.environ.get(key) for key in budget}
+        os.environ.update(budget)
+        try:
+            yield
+        finally:
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def _registry_error(exc: MlflowException, what: str, gate: GateConfig, tracking: TrackingConfig) -> RegistryError:
+    """The error a failed registry call becomes, its message naming the call and the tracking URI
+    (credentials masked: MLflow accepts them in an http(s) URI and repeats the URI in its errors)."""
+    uri = tracking_uri(tracking)
+    if classify(exc) is Failure.UNREACHABLE:
+        message = (f"{what}: the MLflow tracking server {uri} is unreachable (no answer after "
+                   f"{gate.registry_retries} retries, {gate.registry_timeout_s} s timeout each; "
+                   "promote.registry_retries / promote.registry_timeout_s): is it running, and do tracking.uri "
+                   f"or MLFLOW_TRACKING_URI point at it? {exc.message}")
+        return RegistryUnreachable(redact_urls(message))
+    answer = exc.message if exc.message.startswith(exc.error_code) else f"{exc.error_code}: {exc.message}"
+    return RegistryError(redact_urls(f"{what}: the registry at {uri} answered {answer}"))
+
+
+T = TypeVar("T")
+
+
+def _ask(gate: GateConfig, tracking: TrackingConfig, what: str, call: Callable[[], T],
+         missing_ok: bool = False) -> T | None:
+    """`call()` under the gate's registry budget. None when the registry says the thing does not
+    exist and `missing_ok`; every other failure is a RegistryError (`_registry_error`)."""
+    try:
+        with _registry_budget(gate):
+            return call()
+    except MlflowException as exc:
+        if missing_ok and classify(exc) is Failure.NOT_FOUND:
+            return None
+        raise _registry_error(exc, what, gate, tracking) from None
 
 
 def model_card(name: str, version_tags: dict[str, str]) -> str:
@@ -79,11 +200,9 @@ def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_
     """The version a training job registered for this flow run (its `prefect.flow_run_id` tag):
     how the pipeline finds what a PyTorchJob trained on the cluster."""
     client = _client(tracking)
-    try:
-        versions = client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
-                                                order_by=["version_number DESC"])
-    except MlflowException as exc:
-        raise RegistryError(f"registered model {gate.model_name!r}: cannot list versions: {exc.message}") from None
+    versions = _ask(gate, tracking, f"registered model {gate.model_name!r}: cannot list versions",
+                    lambda: client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
+                                                         order_by=["version_number DESC"]))
     for mv in versions:
         if dict(mv.tags).get("prefect.flow_run_id") == flow_run_id:
             return {"model_name": gate.model_name, "version": str(mv.version), "run_id": mv.run_id,
@@ -111,26 +230,57 @@ def record_failure(registration: dict[str, Any], tracking: TrackingConfig, bench
                                             f"eval.{benchmark}.status", f"failed: {reason}"[:4900])
 
 
-def _version(client: MlflowClient, name: str, ref: str):
-    try:
-        if ref.isdigit():
-            return client.get_model_version(name, ref)
-        return client.get_model_version_by_alias(name, ref)
-    except MlflowException as exc:
-        raise RegistryError(f"registered model {name!r} has no version {ref!r}: {exc.message}") from None
+def find_version(gate: GateConfig, tracking: TrackingConfig, ref: str, client: MlflowClient | None = None):
+    """Version `ref` (a number or an alias such as `challenger`) of the gate's registered model.
+    A RegistryError when the registry says there is no such version; RegistryUnreachable when
+    it does not answer."""
+    client = client or _client(tracking)
+    name = gate.model_name
+    version = _ask(gate, tracking, f"registered model {name!r}: cannot read version {ref!r}",
+                   (lambda: client.get_model_version(name, ref)) if ref.isdigit()
+                   else (lambda: client.get_model_version_by_alias(name, ref)), missing_ok=True)
+    if version is None:
+        raise RegistryError(f"registered model {name!r} has no version {ref!r} (registry {redact_urls(tracking_uri(tracking))})")
+    return version
 
 
-def evidence(client: MlflowClient, name: str, version, gate: GateConfig) -> Evidence:
+def gate_metrics(name: str, version, gate: GateConfig) -> dict[str, float]:
+    """The metrics the gate reads (`GateConfig.metrics_read`) from the version's `eval.<metric>`
+    tags. Other eval tags are not read: a free-text tag (a reviewer's `eval.note` added in the
+    MLflow UI) is no metric. A read metric whose value is not a finite number is a RegistryError
+    naming the version, the tag and the value: the gate must not decide on it, nor skip it."""
     tags = dict(version.tags)
-    metrics = {k.removeprefix("eval."): float(v) for k, v in tags.items()
-               if k.startswith("eval.") and not k.endswith((".status", ".evaluator"))}
+    metrics: dict[str, float] = {}
+    for metric in gate.metrics_read():
+        raw = tags.get(f"eval.{metric}")
+        if raw is None:
+            continue  # the gate reports a missing metric itself
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise RegistryError(f"registered model {name!r} version {version.version}: tag 'eval.{metric}' is "
+                                f"{raw!r}, not a finite number; the gate compares {metric} (promote.metric / "
+                                "promote.tolerances): correct the tag or re-run that evaluation")
+        metrics[metric] = value
+    return metrics
+
+
+def evidence(client: MlflowClient, name: str, version, gate: GateConfig, tracking: TrackingConfig) -> Evidence:
+    tags = dict(version.tags)
+    metrics = gate_metrics(name, version, gate)
     status = {b: tags.get(f"eval.{b}.status", "missing") for b in gate.required}
     pairs: dict[str, tuple[str, float]] = {}
     if status.get("paircomp") == "complete":
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                local = client.download_artifacts(version.run_id, "evaluation/paircomp/pairs.jsonl", tmp)
+                with _registry_budget(gate):
+                    local = client.download_artifacts(version.run_id, "evaluation/paircomp/pairs.jsonl", tmp)
             except MlflowException as exc:
+                what = f"{name} version {version.version}: cannot download PairComp's per-pair scores"
+                if classify(exc) is Failure.UNREACHABLE:
+                    raise _registry_error(exc, what, gate, tracking) from None
                 raise RegistryError(f"{name} version {version.version}: PairComp is marked complete but its per-pair "
                                     f"scores are missing from run {version.run_id}: {exc.message}") from None
             for line in Path(local).read_text("utf-8").splitlines():
@@ -144,34 +294,33 @@ def champion(gate: GateConfig, tracking: TrackingConfig, client: MlflowClient | 
     registered model, or no such alias). Any other registry failure (server down, permission
     denied) is a RegistryError: treating it as "no champion" would let any challenger through."""
     client = client or _client(tracking)
-    try:
-        return client.get_model_version_by_alias(gate.model_name, CHAMPION)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or f"alias {CHAMPION} not found" in exc.message:
-            return None
-        raise RegistryError(f"registered model {gate.model_name!r}: cannot read its {CHAMPION!r} alias: "
-                            f"{exc.message}") from None
+    return _ask(gate, tracking, f"registered model {gate.model_name!r}: cannot read its {CHAMPION!r} alias",
+                lambda: client.get_model_version_by_alias(gate.model_name, CHAMPION), missing_ok=True)
 
 
 def promote(gate: GateConfig, tracking: TrackingConfig, challenger: str = CHALLENGER, dry_run: bool = False) -> Decision:
     client = _client(tracking)
     name = gate.model_name
-    candidate = _version(client, name, challenger)
+    candidate = find_version(gate, tracking, challenger, client)
     current = champion(gate, tracking, client)
     if current is not None and str(current.version) == str(candidate.version):
         return Decision(False, [f"version {candidate.version} is already the champion"], {"champion": current.version})
-    decision = decide(evidence(client, name, candidate, gate),
-                      evidence(client, name, current, gate) if current is not None else None, gate)
+    decision = decide(evidence(client, name, candidate, gate, tracking),
+                      evidence(client, name, current, gate, tracking) if current is not None else None, gate)
     if dry_run:
         return decision
     v = str(candidate.version)
-    client.set_model_version_tag(name, v, "gate.decision", "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(name, v, "gate.compared_with", str(current.version) if current else "none")
-    client.set_model_version_tag(name, v, "gate.reason", " | ".join(decision.reasons)[:4900])
-    client.set_model_version_tag(name, v, "gate.numbers", json.dumps(decision.numbers, default=str)[:4900])
-    client.set_model_version_tag(name, v, "gate.at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    card = model_card(name, dict(candidate.tags))
-    client.update_model_version(name, v, description=f"{card}\n\nPromotion gate: {decision.summary()}")
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, v)
+
+    def write_decision() -> None:
+        client.set_model_version_tag(name, v, "gate.decision", "promoted" if decision.promote else "rejected")
+        client.set_model_version_tag(name, v, "gate.compared_with", str(current.version) if current else "none")
+        client.set_model_version_tag(name, v, "gate.reason", " | ".join(decision.reasons)[:4900])
+        client.set_model_version_tag(name, v, "gate.numbers", json.dumps(decision.numbers, default=str)[:4900])
+        client.set_model_version_tag(name, v, "gate.at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        card = model_card(name, dict(candidate.tags))
+        client.update_model_version(name, v, description=f"{card}\n\nPromotion gate: {decision.summary()}")
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, v)
+
+    _ask(gate, tracking, f"registered model {name!r} version {v}: cannot record the gate's decision", write_decision)
     return decision

@@ -94,6 +94,10 @@ class GRPOConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     on_judge_failure: Literal["fail", "drop"] = Field(
         "fail", description="fail the step, or drop the items a judge could not score (counted and logged)")
+    max_dropped_fraction: float = Field(
+        0.1, ge=0, le=1, description="with on_judge_failure=drop: the run fails as soon as the items dropped exceed "
+        "this share of all the items the run trains on (steps x items per step), so a run whose judge is down "
+        "fails instead of finishing untrained. A step whose items were all dropped makes no update either way")
 
     # running it
     seed: int = Field(42, ge=0)
@@ -103,6 +107,10 @@ class GRPOConfig(_Section):
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     checkpoint_dir: Path | None = Field(None, description="default: .<out name>.checkpoints beside out")
+    restart: bool = Field(
+        False, description="when checkpoint_dir holds another run's checkpoints (other trajectory parameters, "
+        "weights or data): move them aside to <checkpoint_dir>.old-<UTC time> and start over, instead of refusing. "
+        "Checkpoints of this same run are always resumed; none is ever deleted (`focusdiff train --restart`)")
     log_every: int = Field(1, ge=1)
     grid_every: int = Field(50, ge=1, description="steps between MLflow grids of both prompts of a pair")
     out: Path = Field(Path("models/grpo"), description="the trained policy, a transformers checkpoint directory")

@@ -22,7 +22,7 @@ from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.registry.gate import GateConfig
-from focusdiff.train.trainer import TrainResult, train
+from focusdiff.train.trainer import Trainer, TrainResult
 
 REGISTRATION_FILE = "registration.json"
 DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
@@ -45,18 +45,36 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
     judge = build_judge(cfg.judge)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
     state = PartialState(cpu=not torch.cuda.is_available())
+    # Set up first (every process): whether this run resumes, starts fresh or is refused decides
+    # which MLflow run it logs to.
+    trainer = Trainer(cfg, judge)
     if not state.is_main_process:
-        return train(cfg, judge, progress=False)
-    from focusdiff.tracking import StageRun
+        return trainer.train(progress=False)
+    from focusdiff.tracking import StageRun, end_abandoned_run, run_exists
 
+    start = trainer.start
+    if start.abandoned_run_id:
+        where = f"its checkpoints were moved to {start.moved_to}" if start.moved_to else "it wrote no checkpoint"
+        end_abandoned_run(tracking, start.abandoned_run_id,
+                          f"the training process ended without finishing the run (killed?); {where}. A later run "
+                          "started over")
+    resumed = start.resumed_run_id if start.resumed_run_id and run_exists(tracking, start.resumed_run_id) else None
     logged = {"train": cfg.model_dump(mode="json"), "train.algorithm": cfg.algorithm}
-    with StageRun(tracking, "train", params=logged, tags={"algorithm": cfg.algorithm, "base_policy": cfg.policy,
-                                                           "world_size": str(state.num_processes), **(tags or {})}) as run:
-        result = train(
-            cfg, judge,
+    with StageRun(tracking, "train", params=logged, resume_run_id=resumed,
+                  tags={"algorithm": cfg.algorithm, "base_policy": cfg.policy,
+                        "world_size": str(state.num_processes), **(tags or {})}) as run:
+        if start.step and resumed is None:
+            # the checkpoints' run is not on this tracking server: the new run gets their steps too
+            run.set_tags({"train.checkpoint_run_id": start.resumed_run_id or "unknown"})
+            for metrics in start.history:
+                run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, int(metrics["step"]))
+        # train() raises (TrainingFailed) for a run over its dropped-item budget or with no
+        # update at all: nothing below, registration included, happens for it
+        result = trainer.train(
             log=lambda metrics, step: run.log_metrics(metrics, step),
             log_grid=lambda image, step: run.log_image(image, f"train/pairs/step_{step:06d}.png"),
             record={"command": command, "mlflow_run_id": run.run_id},
+            run_id=run.run_id,
         )
         write_metrics(cfg, result)
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
@@ -97,11 +115,13 @@ def summary(result: TrainResult) -> dict[str, Any]:
         return {"steps": result.steps, "resumed_from": result.resumed_from}
     tail = history[-max(1, len(history) // 10):]
     keys = ("train/reward_mean", "train/kl", "train/kl_capped_fraction", "train/clip_fraction")
+    # over the steps that have them: a step whose items were all dropped has no reward or KL
+    tail_values = {k: [h[k] for h in tail if k in h] for k in keys}
     return {
         "steps": result.steps,
         "resumed_from": result.resumed_from,
         "last": {k: v for k, v in history[-1].items() if k != "step"},
-        "tail_mean": {k: sum(h[k] for h in tail) / len(tail) for k in keys},
+        "tail_mean": {k: sum(v) / len(v) for k, v in tail_values.items() if v},
     }
 
 

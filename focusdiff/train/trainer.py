@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from focusdiff.data.schema import load_dataset
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.judge.base import Judge
-from focusdiff.model.loading import checkpoint_fingerprint, load_policy
+from focusdiff.model.loading import checkpoint_files, load_policy
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
 from focusdiff.model.records import file_hashes
@@ -57,9 +57,23 @@ from focusdiff.viz import labeled_grid
 # Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
 # for their gradients (the understanding encoder, its aligner, the text head, the VQ).
 _FROZEN_PREFIXES = ("model.vision_model", "model.aligner", "model.vqmodel", "lm_head")
-# Config fields that do not change the trajectory: a checkpoint survives changes to them.
-_NOT_TRAJECTORY = {"threads", "checkpoint_every", "keep_checkpoints", "checkpoint_dir", "log_every", "grid_every", "out",
-                   "metrics_dir"}
+# Config fields that do not change the trajectory: a checkpoint survives changes to them. The
+# policy, reference and data enter the run's identity by content (run_identity), not by path;
+# the judge by what scores (backend, model), not by how it is reached.
+_NOT_TRAJECTORY = {
+    "policy": True, "reference": True, "data": True,
+    "judge": {"base_url", "api_key_env", "max_concurrency", "max_retries"},
+    "threads": True, "checkpoint_every": True, "keep_checkpoints": True, "checkpoint_dir": True, "restart": True,
+    "log_every": True, "grid_every": True, "out": True, "metrics_dir": True,
+    "gradient_checkpointing": True,  # recomputes activations: the same numbers, in less memory
+    # how a judge failure is handled: the steps already taken are the same under either setting
+    "on_judge_failure": True, "max_dropped_fraction": True,
+}
+
+
+class TrainingFailed(FocusdiffError):
+    """A run that cannot produce a trained policy: its judge dropped more items than the budget
+    allows, or no step made an update. Nothing is written to `out`, nothing is registered."""
 
 
 class TrainingDiverged(FocusdiffError):
@@ -130,10 +144,31 @@ def step_learning_rate(cfg: GRPOConfig, step: int) -> float:
     return learning_rate(step, cfg.steps, LRSchedule(lr.peak, lr.warmup, lr.mid, lr.mid_step, lr.final))
 
 
-def run_fingerprint(cfg: GRPOConfig, policy_files: dict[str, str], data_manifest: bytes) -> str:
-    what = {"config": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY), "policy": policy_files,
-            "data": hashlib.sha256(data_manifest).hexdigest()}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+def run_identity(cfg: GRPOConfig, policy_dir: Path | None, reference_dir: Path | None, data_manifest: bytes,
+                 known_files: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the run's trajectory depends on: the config fields that change it, the content of the
+    starting policy's files (and of a separate KL reference's), the dataset's manifest. Paths
+    are not part of it: the same weights or data elsewhere are the same run. Returns it with the
+    stats of the files hashed (`checkpoint.file_digests`; `known_files` are a checkpoint's)."""
+    stats: dict[str, Any] = {}
+
+    def content(source: str, directory: Path | None) -> dict[str, Any]:
+        if directory is None or not directory.is_dir():
+            return {"source": source}  # not a local directory: its name is all there is
+        digests = checkpoint.file_digests(checkpoint_files(directory), {**known_files, **stats})
+        stats.update(digests)
+        return {Path(path).name: d["sha256"] for path, d in digests.items()}
+
+    identity = {"config": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY),
+                "policy": content(cfg.policy, policy_dir),
+                "data": hashlib.sha256(data_manifest).hexdigest()}
+    if cfg.beta > 0 and cfg.reference is not None:
+        identity["reference"] = content(cfg.reference, reference_dir)
+    return identity, stats
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -143,6 +178,20 @@ class TrainResult:
     resumed_from: int
     history: list[dict[str, float]]  # per-step metrics (main process), including steps before a resume
     mlflow_run_id: str | None = None
+
+
+@dataclass
+class Start:
+    """Where a run starts: step 0, or the newest checkpoint of the same run."""
+
+    step: int = 0
+    totals: dict[str, int] = field(default_factory=lambda: {"injected_items": 0, "dropped_items": 0, "items": 0,
+                                                            "images": 0, "updated_steps": 0})
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_run_id: str | None = None  # the tracking run the resumed checkpoints were logged to
+    # a tracking run that died: its checkpoints were moved aside (restart), or it was killed before writing one
+    abandoned_run_id: str | None = None
+    moved_to: Path | None = None  # where restart moved another run's checkpoints
 
 
 Logger = Callable[[dict[str, float], int], None]
@@ -159,139 +208,219 @@ def train(
 ) -> TrainResult:
     """Train `cfg.policy` with Pair-GRPO; resumes from `cfg.checkpoints` when it holds this
     run's checkpoint. Returns when `cfg.out` holds the trained policy (written atomically)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum)
-    device = accelerator.device
-    policy = load_policy(cfg.policy, device=device)
-    policy.model.eval()
-    if cfg.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable()
-    reference = None
-    if cfg.beta > 0:
-        reference = load_policy(cfg.reference or cfg.policy, device=device,
-                                dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32)
-        reference.model.eval().requires_grad_(False)
-    trainable = trainable_parameters(policy.model)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    scorer, optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
+    return Trainer(cfg, judge).train(log, log_grid, progress, record)
 
-    dataset = load_dataset(cfg.data)
-    items = train_items(dataset, cfg.unpaired_prompts, cfg.pairs_per_category)
-    order = ItemOrder(len(items), cfg.seed)
-    source_dir = Path(policy.model.name_or_path) if policy.model.name_or_path else None
-    # A cheap identity (config bytes, weight files' sizes and times): hashing 15 GB of weights is not.
-    policy_files = {"source": cfg.policy, "fingerprint": checkpoint_fingerprint(source_dir)
-                    if source_dir and source_dir.is_dir() else cfg.policy}
-    fingerprint = run_fingerprint(cfg, policy_files, (cfg.data / "manifest.json").read_bytes())
-    sampling = SamplingConfig(**cfg.sampling.model_dump())
-    curriculum = Curriculum(cfg.curriculum.s1, cfg.curriculum.s2, cfg.curriculum.s3, cfg.curriculum.prob)
-    world, rank = accelerator.num_processes, accelerator.process_index
 
-    start, totals = 0, {"injected_items": 0, "dropped_items": 0, "images": 0}
-    history: list[dict[str, float]] = []
-    found = checkpoint.latest(cfg.checkpoints, fingerprint)
-    if found:
-        path, state = found
-        checkpoint.load(path, state, accelerator, accelerator.unwrap_model(scorer).model,
-                        trainable, optimizer)
-        start, totals, history = state["step"], {**totals, **state["totals"]}, state.get("history", [])
+class Trainer:
+    """A Pair-GRPO run, set up: models and optimizer built, the run's identity computed and its
+    start decided, before anything is tracked (the stage continues the tracking run of the
+    checkpoints it resumes). Both steps are collective: every process does them.
+
+    The checkpoint directory decides the start: this run's checkpoints are resumed; another
+    run's (other identity) are refused with what differs, or with cfg.restart moved aside.
+    Nothing is ever deleted for belonging to another run."""
+
+    def __init__(self, cfg: GRPOConfig, judge: Judge):
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg, self.judge = cfg, judge
+        self.accelerator = accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                                                     gradient_accumulation_steps=cfg.grad_accum)
+        device = accelerator.device
+        self.policy = policy = load_policy(cfg.policy, device=device)
+        policy.model.eval()
+        if cfg.gradient_checkpointing:
+            policy.model.gradient_checkpointing_enable()
+        self.reference = None
+        if cfg.beta > 0:
+            self.reference = load_policy(cfg.reference or cfg.policy, device=device,
+                                         dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32)
+            self.reference.model.eval().requires_grad_(False)
+        self.trainable = trainable_parameters(policy.model)
+        optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas,
+                                      weight_decay=cfg.weight_decay)
+        self.scorer, self.optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
+        self.items = train_items(load_dataset(cfg.data), cfg.unpaired_prompts, cfg.pairs_per_category)
+        self.order = ItemOrder(len(self.items), cfg.seed)
+
+        newest = checkpoint.newest(cfg.checkpoints)
+        known = newest[1].get("file_stats", {}) if newest else {}
+        self.identity, self.file_stats = run_identity(
+            cfg, _directory_of(policy), _directory_of(self.reference) if self.reference else None,
+            (cfg.data / "manifest.json").read_bytes(), known if isinstance(known, dict) else {})
+        self.fingerprint = fingerprint_of(self.identity)
+        self.start = self._find_start(newest)
+
+    def _find_start(self, newest: tuple[Path, dict[str, Any]] | None) -> Start:
+        cfg, accelerator = self.cfg, self.accelerator
+        previous_run = checkpoint.recorded_run(cfg.checkpoints)
+        if newest is None:
+            return Start(abandoned_run_id=previous_run)  # a run killed before its first checkpoint, if any
+        path, state = newest
+        if state.get("fingerprint") == self.fingerprint:
+            checkpoint.verify(path, state)
+            checkpoint.load(path, state, accelerator, accelerator.unwrap_model(self.scorer).model, self.trainable,
+                            self.optimizer)
+            if accelerator.is_main_process:
+                print(f"resuming from {path} (step {state['step']})")
+            return Start(step=state["step"], totals={**Start().totals, **state["totals"]},
+                         history=state.get("history", []), resumed_run_id=state.get("mlflow_run_id") or previous_run)
+        differing = checkpoint.differences(state.get("identity"), self.identity)
+        if not cfg.restart:
+            raise checkpoint.CheckpointMismatch(
+                f"{cfg.checkpoints} holds checkpoints (newest {path.name}) of a run with other parameters; "
+                f"differences: {differing}. Nothing was resumed or deleted. To keep them, train this configuration "
+                f"into another out (or train.checkpoint_dir); to start over, rerun with --restart "
+                f"(train.restart=true), which moves them to {cfg.checkpoints.name}.old-<UTC time> beside them")
+        accelerator.wait_for_everyone()  # every process has read them before they move
+        moved = checkpoint.move_aside(cfg.checkpoints) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            print(f"resuming from {path} (step {start})")
-    elif accelerator.is_main_process and checkpoint.step_dirs(cfg.checkpoints):
-        print(f"{cfg.checkpoints} holds checkpoints of a run with other parameters: starting fresh and replacing them")
-        shutil.rmtree(cfg.checkpoints)
+            print(f"restart: moved the checkpoints of a run with other parameters ({differing}) to {moved}; "
+                  "starting from step 0")
+        return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
 
-    bar = _progress(progress and accelerator.is_main_process, start, cfg.steps)
-    for step in range(start, cfg.steps):
-        t_step = time.perf_counter()
-        timing = defaultdict(float)
-        p_inject = injection_probability(step, curriculum) if cfg.inject_ground_truth else 0.0
-        micro_batches: list[list[ItemExperience]] = []
-        dropped = 0
-        for micro in range(cfg.grad_accum):
-            slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
-                     for j in range(cfg.items_per_micro_batch)]
-            t = time.perf_counter()
-            with full_parameters(accelerator, policy.model):
-                batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.rollouts_per_prompt or cfg.group_size,
-                                cfg.seed, p_inject, cfg.inject_ground_truth, sampling)
-            timing["rollout"] += time.perf_counter() - t
-            t = time.perf_counter()
-            dropped += reward(batch, judge, cfg.on_judge_failure)
-            timing["judge"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for e in batch:
-                if e.dropped is None:
-                    downsample(e, cfg.group_size, cfg.expand_pair_groups)
-                    e.advantages = advantages(e, cfg.expand_pair_groups)
-                with torch.no_grad():
-                    if reference is not None:
-                        e.ref_logp = token_logprobs(reference, e.prompts, e.tokens, sampling, cfg.logprob_form).float()
-                    if cfg.updates_per_batch > 1:
-                        with full_parameters(accelerator, policy.model):
-                            e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
-            timing["logprobs"] += time.perf_counter() - t
-            micro_batches.append(batch)
+    def train(
+        self,
+        log: Logger = lambda metrics, step: None,
+        log_grid: GridLogger = lambda image, step: None,
+        progress: bool = True,
+        record: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> TrainResult:
+        """Run the steps from `self.start` on; `run_id` (the tracking run the main process logs
+        to) is recorded in the checkpoints, so a resumed run continues the same one."""
+        cfg, accelerator, policy, scorer = self.cfg, self.accelerator, self.policy, self.scorer
+        optimizer, trainable, items, order = self.optimizer, self.trainable, self.items, self.order
+        sampling = SamplingConfig(**cfg.sampling.model_dump())
+        curriculum = Curriculum(cfg.curriculum.s1, cfg.curriculum.s2, cfg.curriculum.s3, cfg.curriculum.prob)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        start, totals, history = self.start.step, dict(self.start.totals), list(self.start.history)
+        planned_items = cfg.steps * cfg.grad_accum * world * cfg.items_per_micro_batch
+        if run_id is not None and accelerator.is_main_process:
+            checkpoint.record_run(cfg.checkpoints, run_id)
 
-        stats = defaultdict(float)
-        for update in range(cfg.updates_per_batch):
-            lr = step_learning_rate(cfg, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for batch in micro_batches:
+        bar = _progress(progress and accelerator.is_main_process, start, cfg.steps)
+        for step in range(start, cfg.steps):
+            t_step = time.perf_counter()
+            timing = defaultdict(float)
+            p_inject = injection_probability(step, curriculum) if cfg.inject_ground_truth else 0.0
+            micro_batches: list[list[ItemExperience]] = []
+            dropped = 0
+            for micro in range(cfg.grad_accum):
+                slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
+                         for j in range(cfg.items_per_micro_batch)]
                 t = time.perf_counter()
-                with accelerator.accumulate(scorer):
-                    parts, gap = _micro_batch_loss(scorer, policy, batch, cfg, sampling, first=update == 0)
-                    accelerator.backward(parts.loss)
-                    norm = None
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
-                        if norm is not None:
-                            check_gradient_norm(step, float(norm))  # before the optimizer steps on it
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if accelerator.sync_gradients:
-                        if norm is None:
-                            # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None
-                            # above; its norm is known only after its step
-                            norm = scorer.get_global_grad_norm()
-                            check_gradient_norm(step, float(norm))
-                        stats["grad_norm"] += float(norm)
-                timing["backward"] += time.perf_counter() - t
-                stats["kl"] += float(parts.kl)
-                stats["clip_fraction"] += float(parts.clip_fraction)
-                stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
-                if gap is not None:
-                    stats["logprob_gap"] += gap
-        metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step)
-        metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
-        totals["injected_items"] += int(metrics["train/injected_items"])
-        totals["dropped_items"] += int(metrics["train/dropped_items"])
-        totals["images"] += int(metrics["train/images"])
-        metrics.update({f"train/total_{k}": float(v) for k, v in totals.items()})
-        if accelerator.is_main_process:
-            history.append({"step": step, **metrics})
-            if step % cfg.log_every == 0 or step + 1 == cfg.steps:
-                log(metrics, step)
-            if step % cfg.grid_every == 0 or step + 1 == cfg.steps:
-                log_grid(pair_grid(micro_batches[0]), step)
-            bar(step, metrics)
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable), optimizer,
-                            {"fingerprint": fingerprint, "totals": totals, "history": history}, cfg.keep_checkpoints)
+                with full_parameters(accelerator, policy.model):
+                    batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.rollouts_per_prompt or cfg.group_size,
+                                    cfg.seed, p_inject, cfg.inject_ground_truth, sampling)
+                timing["rollout"] += time.perf_counter() - t
+                t = time.perf_counter()
+                dropped += reward(batch, self.judge, cfg.on_judge_failure)
+                timing["judge"] += time.perf_counter() - t
+                t = time.perf_counter()
+                for e in batch:
+                    if e.dropped is None:
+                        downsample(e, cfg.group_size, cfg.expand_pair_groups)
+                        e.advantages = advantages(e, cfg.expand_pair_groups)
+                    with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
+                        if self.reference is not None:
+                            e.ref_logp = token_logprobs(self.reference, e.prompts, e.tokens, sampling,
+                                                        cfg.logprob_form).float()
+                        if cfg.updates_per_batch > 1:
+                            with full_parameters(accelerator, policy.model):
+                                e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling,
+                                                                     cfg.logprob_form)
+                timing["logprobs"] += time.perf_counter() - t
+                micro_batches.append(batch)
 
-    out = None
-    accelerator.wait_for_everyone()
-    full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
-    if accelerator.is_main_process:
-        out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
-                                        "resumed_from": start, "totals": totals, "fingerprint": fingerprint,
-                                        "base_policy": cfg.policy, "base_policy_files": policy_files})
-        shutil.rmtree(cfg.checkpoints, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return TrainResult(out=out, steps=cfg.steps, resumed_from=start, history=history)
+            # Every process must agree whether to step (the gradient all-reduce is collective):
+            # the kept items are counted over all of them.
+            kept_here = sum(e.dropped is None for batch in micro_batches for e in batch)
+            kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
+            lr = step_learning_rate(cfg, step)
+            stats = defaultdict(float)
+            for update in range(cfg.updates_per_batch if kept else 0):  # every item dropped: no reward, no update
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                for batch in micro_batches:
+                    t = time.perf_counter()
+                    with accelerator.accumulate(scorer):
+                        parts, gap = _micro_batch_loss(scorer, policy, batch, cfg, sampling, first=update == 0)
+                        accelerator.backward(parts.loss)
+                        norm = None
+                        if accelerator.sync_gradients:
+                            norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+                            if norm is not None:
+                                check_gradient_norm(step, float(norm))  # before the optimizer steps on it
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if accelerator.sync_gradients:
+                            if norm is None:
+                                # DeepSpeed clips inside its engine (gradient_clipping in its config) and returns None
+                                # above; its norm is known only after its step
+                                norm = scorer.get_global_grad_norm()
+                                check_gradient_norm(step, float(norm))
+                            stats["grad_norm"] += float(norm)
+                    timing["backward"] += time.perf_counter() - t
+                    stats["kl"] += float(parts.kl)
+                    stats["clip_fraction"] += float(parts.clip_fraction)
+                    stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
+                    if gap is not None:
+                        stats["logprob_gap"] += gap
+            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step,
+                                    updated=kept > 0)
+            metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
+            totals["injected_items"] += int(metrics["train/injected_items"])
+            totals["dropped_items"] += int(metrics["train/dropped_items"])
+            totals["items"] += int(metrics["train/items"])
+            totals["images"] += int(metrics["train/images"])
+            totals["updated_steps"] += kept > 0
+            metrics.update({f"train/total_{k}": float(v) for k, v in totals.items()})
+            if accelerator.is_main_process:
+                history.append({"step": step, **metrics})
+                if step % cfg.log_every == 0 or step + 1 == cfg.steps:
+                    log(metrics, step)
+                if step % cfg.grid_every == 0 or step + 1 == cfg.steps:
+                    log_grid(pair_grid(micro_batches[0]), step)
+                bar(step, metrics)
+            check_dropped_items(step, totals["dropped_items"], planned_items, cfg)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable),
+                                optimizer, {"fingerprint": self.fingerprint, "identity": self.identity,
+                                            "file_stats": self.file_stats, "mlflow_run_id": run_id, "totals": totals,
+                                            "history": history}, cfg.keep_checkpoints)
+
+        if not totals["updated_steps"]:
+            raise TrainingFailed(f"none of the {cfg.steps} steps made an update: the judge ({cfg.judge.backend}) scored "
+                                 f"none of the {totals['items']} items (all dropped); nothing was written to {cfg.out}")
+        out = None
+        accelerator.wait_for_everyone()
+        full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
+        if accelerator.is_main_process:
+            out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
+                                            "resumed_from": start, "totals": totals, "fingerprint": self.fingerprint,
+                                            "identity": self.identity, "base_policy": cfg.policy})
+            shutil.rmtree(cfg.checkpoints, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return TrainResult(out=out, steps=cfg.steps, resumed_from=start, history=history)
+
+
+def check_dropped_items(step: int, dropped: int, planned: int, cfg: GRPOConfig) -> None:
+    """Raise TrainingFailed once the run's dropped items exceed cfg.max_dropped_fraction of all the
+    items it trains on: past that, no rest of the run can bring it back under the budget."""
+    if dropped > cfg.max_dropped_fraction * planned:
+        raise TrainingFailed(
+            f"step {step}: the judge ({cfg.judge.backend}) could not score {dropped} of the run's {planned} items "
+            f"({dropped / planned:.1%}), over train.max_dropped_fraction ({cfg.max_dropped_fraction:.1%}); steps whose "
+            "items were all dropped made no update. Check the judge, then rerun to resume from the newest checkpoint "
+            "(raise train.max_dropped_fraction to let it go on with the items dropped so far)")
+
+
+def _directory_of(policy: Policy) -> Path | None:
+    """The local directory a policy was loaded from (a hub snapshot, a conversion), if any."""
+    name = policy.model.name_or_path
+    return Path(name) if name and Path(name).is_dir() else None
 
 
 def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: GRPOConfig, sampling: SamplingConfig,
@@ -325,9 +454,12 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     return parts, gap
 
 
-def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, timing, wall: float) -> dict[str, float]:
+def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, timing, wall: float,
+                  updated: bool) -> dict[str, float]:
     """Per-step metrics, summed over processes: rewards of sampled images (overall and per
-    category), of injected ground truths, KL, clipping, counts, time split, throughput."""
+    category), of injected ground truths, KL, clipping, counts, time split, throughput. A step
+    that made no update (every item dropped) has no rewards, KL, clipping or gradient norm:
+    it logs its counts and times only, never a 0 standing for "nothing"."""
     sums: dict[str, float] = defaultdict(float)
     for batch in micro_batches:
         for e in batch:
@@ -363,19 +495,22 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
     n = max(sums["reward_n"], 1)
     mean = sums["reward_sum"] / n
     metrics = {
-        "train/reward_mean": mean,
-        "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
-        "train/kl": sums["kl"] / world,
-        "train/clip_fraction": sums["clip_fraction"] / world,
-        "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,
-        "train/logprob_gap": sums["logprob_gap"] / world,
-        "train/grad_norm": sums["grad_norm"] / world,
         "train/items": sums["items"],
         "train/injected_items": sums["injected_items"],
         "train/dropped_items": sums["dropped"],
         "train/images": sums["images"],
         "train/images_per_s": sums["sampled_images"] / max(sums["wall"] / world, 1e-9),
     }
+    if updated:
+        metrics.update({
+            "train/reward_mean": mean,
+            "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
+            "train/kl": sums["kl"] / world,
+            "train/clip_fraction": sums["clip_fraction"] / world,
+            "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,
+            "train/logprob_gap": sums["logprob_gap"] / world,
+            "train/grad_norm": sums["grad_norm"] / world,
+        })
     if sums.get("real_n"):
         metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
     for key in keys:
@@ -407,6 +542,7 @@ def save_policy(policy: Policy, cfg: GRPOConfig, state_dict: dict[str, torch.Ten
     with atomic_directory(cfg.out) as tmp:
         policy.model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         policy.tokenizer.save_pretrained(tmp)
+        checkpoint.give_umask_mode(tmp.glob("*.safetensors"))
         atomic_write_json(tmp / "record.json", {**record, "config": cfg.model_dump(mode="json"), "files": file_hashes(tmp)})
     return cfg.out
 
@@ -422,7 +558,9 @@ def _progress(enabled: bool, start: int, total: int) -> Callable[[int, dict[str,
     bar.start()
 
     def update(step: int, metrics: dict[str, float]) -> None:
-        bar.update(task, completed=step + 1, info=f"reward {metrics['train/reward_mean']:.3f} kl {metrics['train/kl']:.4f}")
+        info = (f"reward {metrics['train/reward_mean']:.3f} kl {metrics['train/kl']:.4f}" if "train/reward_mean" in metrics
+                else f"no update: all {metrics['train/dropped_items']:.0f} items dropped")
+        bar.update(task, completed=step + 1, info=info)
         if step + 1 == total:
             bar.stop()
 
