@@ -28,7 +28,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from focusdiff.config import load_params
-from focusdiff.data.stage import log_dataset_summary
+from focusdiff.stages.data import log_dataset_summary
 from focusdiff.eval.stage import BENCHMARKS
 from focusdiff.errors import ConfigError
 from focusdiff.redact import redact_urls

@@ -61,7 +61,7 @@ def _overrides(items: list[str] | None) -> dict:
 @data_app.command("build")
 def data_build(params: ParamsOpt = Path("params.yaml")) -> None:
     """Build (ShapesWorld) or import (data.source: import) the dataset at data.out, and track it."""
-    from focusdiff.data.stage import run_data_stage
+    from focusdiff.stages.data import run_data_stage
 
     result = run_data_stage(_params(params))
     _print_counts(result.counts, title=f"dataset {result.out}")
@@ -160,7 +160,7 @@ def bootstrap_vq(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
 ) -> None:
     """Train the ShapesWorld VQ tokenizer; writes bootstrap.vq.out if it passes its gate."""
-    from focusdiff.model.bootstrap import run_vq_stage
+    from focusdiff.stages.bootstrap import run_vq_stage
 
     result = run_vq_stage(_params(params, set_))
     console.print(f"VQ reconstructions keep {result.accuracy:.2%} of checker clauses; wrote {result.out}")
@@ -173,7 +173,7 @@ def bootstrap_lm(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
 ) -> None:
     """Fine-tune the tiny Janus LM on ShapesWorld; writes bootstrap.lm.out (the shipped base) if it passes its gate."""
-    from focusdiff.model.bootstrap import run_lm_stage
+    from focusdiff.stages.bootstrap import run_lm_stage
 
     result = run_lm_stage(_params(params, set_))
     q = result.quality

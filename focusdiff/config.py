@@ -25,59 +25,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from focusdiff.data.configs import ImportConfig
 from focusdiff.errors import ConfigError
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.judge.configs import ShapesJudgeConfig
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.registry.gate import GateConfig
-from focusdiff.shapes.world import COLORS, SHAPES
+from focusdiff.shapes.configs import ShapesDataConfig
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.pytorchjob import ClusterConfig
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitCounts(Section):
-    train: int = Field(ge=0, description="items in the train split")
-    val: int = Field(ge=0, description="items in the validation split")
-    test: int = Field(ge=0, description="items in the test split")
-
-
-class ShapesDataConfig(Section):
-    """How the embedded ShapesWorld dataset is built."""
-
-    canvas: int = Field(32, ge=32, le=512, description="image side in pixels")
-    seed: int = Field(0, ge=0, description="master seed; each split derives its own")
-    pairs_per_category: SplitCounts = Field(description="pairs per PairComp category, per split")
-    prompts: SplitCounts = Field(description="unpaired prompts per split")
-    holdout: list[tuple[str, str]] = Field(
-        default_factory=list, description="(color, shape) combinations kept out of the train split"
-    )
-
-    @field_validator("holdout")
-    @classmethod
-    def _known(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        for color, shape in v:
-            if color not in COLORS:
-                raise ValueError(f"unknown color {color!r} (one of {', '.join(COLORS)})")
-            if shape not in SHAPES:
-                raise ValueError(f"unknown shape {shape!r} (one of {', '.join(SHAPES)})")
-        return v
-
-
-class ImportConfig(Section):
-    """User data in the FocusDiff-Data format (JSON list, JSONL or parquet)."""
-
-    pairs_file: Path
-    unpaired_file: Path | None = None
-    format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_duplicates: bool = False
 
 
 class DataConfig(Section):

@@ -11,7 +11,7 @@ from transformers import JanusVQVAE
 
 from focusdiff.config import load_params
 from focusdiff.io import atomic_write_json
-from focusdiff.model.bootstrap import QualityGateError, file_hashes, run_lm_stage
+from focusdiff.stages.bootstrap import QualityGateError, file_hashes, run_lm_stage
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.scoring import image_token_scores

@@ -14,7 +14,7 @@ import yaml
 from transformers import JanusVQVAE
 
 from focusdiff.config import load_params
-from focusdiff.model.bootstrap import file_hashes
+from focusdiff.stages.bootstrap import file_hashes
 from focusdiff.model.vq import reconstruct
 from focusdiff.shapes.accuracy import clause_accuracy, sample_pairs
 

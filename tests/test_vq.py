@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import JanusVQVAE
 
 from focusdiff.config import load_params
-from focusdiff.model.bootstrap import QualityGateError, file_hashes, run_vq_stage
+from focusdiff.stages.bootstrap import QualityGateError, file_hashes, run_vq_stage
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.vq import SceneStream, _encode_normalized, reconstruct, to_images, to_pixels, train_vq
 

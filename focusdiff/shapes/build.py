@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from focusdiff.config import ShapesDataConfig
+from focusdiff.shapes.configs import ShapesDataConfig
 from focusdiff.data.schema import SPLITS, PairRecord, PromptRecord, write_records
 from focusdiff.io import atomic_directory
 from focusdiff.shapes.checker import check_description
