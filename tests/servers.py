@@ -48,6 +48,19 @@ import pytest
 
 LOOPBACK = "127.0.0.1"
 
+# The test now running, set by tests/conftest.py before each test's fixtures. A server
+# started while a test without the `servers` marker runs is an error, so that
+# `pytest -m "not servers"` is a run that starts no server (None outside pytest).
+CURRENT_TEST: pytest.Item | None = None
+
+
+def require_servers_marker(what: str) -> None:
+    """Raise unless the running test is marked `servers` (or no test is running)."""
+    item = CURRENT_TEST
+    if item is not None and item.get_closest_marker("servers") is None:
+        raise RuntimeError(f"{item.nodeid} starts {what} but is not marked `servers`: mark it "
+                           "(pytest.mark.servers), or use a fixture tests/conftest.py lists in SERVER_FIXTURES")
+
 # Dummy, test-only credentials. moto accepts any value; these must never be real.
 _DUMMY_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -241,6 +254,7 @@ class ManagedProcess:
         """Start the process and block until it is ready (or raise)."""
         if self.proc is not None:
             raise RuntimeError(f"{self.name} already started")
+        require_servers_marker(f"the {self.name} server")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:

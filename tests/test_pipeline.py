@@ -22,6 +22,9 @@ from PIL import Image
 
 from tests.project import ProjectCopy, make_project, patched_environ
 
+# every test here runs a flow under prefect_test_harness, which starts a Prefect server
+pytestmark = pytest.mark.servers
+
 DATA = "data/pairs"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
