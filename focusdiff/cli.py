@@ -39,23 +39,11 @@ err_console = Console(stderr=True)
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="parameter file")]
 
 
-def _params(path: Path, overrides: list[str] | None = None):
-    from focusdiff.config import load_params
+def _params(path: Path, overrides: list[str] | None = None, example_block: str = "train"):
+    """Load the parameter file with `-S` overrides (full dotted keys)."""
+    from focusdiff.config import load_params, parse_overrides
 
-    return load_params(path, overrides=_overrides(overrides))
-
-
-def _overrides(items: list[str] | None) -> dict:
-    from focusdiff.config import parse_yaml
-    from focusdiff.errors import ConfigError
-
-    parsed = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        parsed[key.strip()] = parse_yaml(value, f"--set {item!r}")
-    return parsed
+    return load_params(path, overrides=parse_overrides(overrides, example_block))
 
 
 @data_app.command("build")
@@ -157,12 +145,12 @@ def shapes_render(
 @bootstrap_app.command("vq")
 def bootstrap_vq(
     params: ParamsOpt = Path("params.yaml"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Train the ShapesWorld VQ tokenizer; writes bootstrap.vq.out if it passes its gate."""
     from focusdiff.stages.bootstrap import run_vq_stage
 
-    result = run_vq_stage(_params(params, set_))
+    result = run_vq_stage(_params(params, set_, example_block="bootstrap.vq"))
     console.print(f"VQ reconstructions keep {result.accuracy:.2%} of checker clauses; wrote {result.out}")
     console.print(f"MLflow run: {result.mlflow_run_id}")
 
@@ -170,12 +158,12 @@ def bootstrap_vq(
 @bootstrap_app.command("lm")
 def bootstrap_lm(
     params: ParamsOpt = Path("params.yaml"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Fine-tune the tiny Janus LM on ShapesWorld; writes bootstrap.lm.out (the shipped base) if it passes its gate."""
     from focusdiff.stages.bootstrap import run_lm_stage
 
-    result = run_lm_stage(_params(params, set_))
+    result = run_lm_stage(_params(params, set_, example_block="bootstrap.lm"))
     q = result.quality
     console.print(f"base: single objects {q['single_object_accuracy']:.1%}, all images {q['image_accuracy']:.1%}, "
                   f"pairs {q['pair_accuracy']:.1%}; wrote {result.out}")
@@ -277,24 +265,24 @@ def generate(
 def train(
     params: ParamsOpt = Path("params.yaml"),
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a recipe (recipes/*.yaml) instead of params.yaml's train block")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
     restart: Annotated[bool, typer.Option(
         "--restart", help="checkpoints of a run with other parameters are moved aside (<dir>.old-<time>) and "
         "training starts over, instead of being refused (train.restart=true)")] = False,
 ) -> None:
     """Pair-GRPO (or vanilla GRPO) training; resumes from its last checkpoint. Also runs under
     `accelerate launch` / torchrun for DDP and DeepSpeed (configs in infra/accelerate/)."""
-    from focusdiff.config import TrackingConfig, load_recipe
+    from focusdiff.config import TrackingConfig, load_recipe, parse_overrides, updated, within
 
-    if restart:
-        set_ = [*(set_ or []), "restart=true"]
     if config is not None:
-        cfg = load_recipe(config, _overrides(set_))
+        cfg = load_recipe(config, within("train", parse_overrides(set_), f"the recipe {config}"))
         project = _params(params) if params.is_file() else None
         tracking, registry = (project.tracking, project.promote) if project else (TrackingConfig(), None)
     else:
-        loaded = _params(params, [f"train.{s}" for s in set_ or []])
+        loaded = _params(params, set_)
         cfg, tracking, registry = loaded.train, loaded.tracking, loaded.promote
+    if restart:
+        cfg = updated(cfg, restart=True)
     from focusdiff.train.stage import run_train_stage
 
     result = run_train_stage(cfg, tracking, command="focusdiff train", registry=registry)
@@ -317,10 +305,13 @@ def submit_training(
     from focusdiff.tracking import FLOW_RUN_ENV
     from focusdiff.train.pytorchjob import run_training_job
 
-    loaded = _params(params, [f"cluster.pytorchjob.nodes={nodes}"] if nodes else None)
+    from focusdiff.config import updated
+
+    loaded = _params(params)
+    job = updated(loaded.cluster.pytorchjob, nodes=nodes) if nodes else loaded.cluster.pytorchjob
     run_id = run_id or str(uuid.uuid4())
     console.print(f"run id {run_id} (re-attach with --run-id {run_id})")
-    run_training_job(loaded.cluster.pytorchjob, run_id, env={FLOW_RUN_ENV: run_id}, log=console.print)
+    run_training_job(job, run_id, env={FLOW_RUN_ENV: run_id}, log=console.print)
     registration = registered_by_flow_run(loaded.promote, loaded.tracking, run_id)
     console.print(f"registered {registration['model_name']} v{registration['version']} ({registration['model_uri']})")
 
@@ -332,7 +323,7 @@ def ablate(
     variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (default: all)")] = None,
     out: Annotated[Path, typer.Option(help="runs and ablation.json")] = Path("outputs/ablate"),
     eval_repeats: Annotated[int, typer.Option(min=1, help="PairComp draws per policy, averaged (one draw's s_g is noisy)")] = 3,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
     over seeds; PairComp s_a/s_g by the reward judge and by the exact checker."""
@@ -360,13 +351,16 @@ def evaluate(
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval, t2i_compbench, dpg_bench (repeat for several)")],
     policy: Annotated[Optional[str], typer.Option(help="override evaluate.policy: a directory, hub id or shapes-base")] = None,
     params: ParamsOpt = Path("params.yaml"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of evaluate.*")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key: evaluate.seed=3)")] = None,
 ) -> None:
     """Generate, score and aggregate benchmarks for a policy; writes metrics/eval/<benchmark>.json."""
     from rich.progress import Progress
 
-    overrides = [f"evaluate.{s}" for s in set_ or []] + ([f"evaluate.policy={policy}"] if policy else [])
-    loaded = _params(params, overrides)
+    from focusdiff.config import updated
+
+    loaded = _params(params, set_, example_block="evaluate")
+    if policy is not None:
+        loaded = updated(loaded, evaluate=updated(loaded.evaluate, policy=policy))
     from focusdiff.eval.stage import registration_for, run_benchmark
     from focusdiff.train.stage import REGISTRATION_FILE
 
@@ -395,13 +389,13 @@ def promote_cmd(
     version: Annotated[str, typer.Option(help="the challenger: a version number or an alias")] = "challenger",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the decision without writing it")] = False,
     record: Annotated[Optional[Path], typer.Option(help="also write the decision to this JSON file (DVC metrics)")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override of promote.*")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key: promote.margin=2)")] = None,
 ) -> None:
     """The promotion gate: move the `champion` alias to the challenger only if PairComp s_g wins
     pair by pair (margin and paired-bootstrap lower bound) and nothing else regresses."""
     from focusdiff.registry.store import promote
 
-    loaded = _params(params, [f"promote.{s}" for s in set_ or []])
+    loaded = _params(params, set_, example_block="promote")
     decision = promote(loaded.promote, loaded.tracking, challenger=version, dry_run=dry_run)
     console.print(("[dry run] " if dry_run else "") + decision.summary(), highlight=False)
     for key, value in decision.numbers.items():
@@ -462,12 +456,12 @@ JudgeModelOpt = Annotated[
 @judge_app.command("train")
 def judge_train(
     params: ParamsOpt = Path("params.yaml"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Train the ShapesWorld reward judge; writes judge.out if it agrees with the exact checker on the test pairs."""
     from focusdiff.judge.stage import run_judge_stage
 
-    result = run_judge_stage(_params(params, set_))
+    result = run_judge_stage(_params(params, set_, example_block="judge"))
     m = result.metrics
     console.print(f"shapes judge: {m['judge.test.agreement']:.2%} agreement with the exact checker on "
                   f"{m['judge.test.items']:.0f} test items (AUROC {m['judge.test.auroc']:.4f}), trained in "

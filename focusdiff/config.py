@@ -199,6 +199,46 @@ def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
     return raw
 
 
+def parse_overrides(items: list[str] | None, example_block: str = "train") -> dict[str, Any]:
+    """`-S key=value` items -> {dotted key: value}, each value parsed as YAML as strictly as the
+    file. Keys are full dotted keys of the parameter file (`train.beta`), as `dvc exp run -S`
+    takes them; the old section-relative form (`beta`) is an error that shows the full key."""
+    parsed: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"-S {item!r}: expected dotted.key=value")
+        block = key.split(".")[0]
+        if block not in Params.model_fields:
+            raise ConfigError(f"-S {item!r}: {block!r} is not a block of the parameter file "
+                              f"({', '.join(Params.model_fields)}); -S takes full dotted keys as `dvc exp run -S` "
+                              f"does, e.g. -S {example_block}.{key}={value}")
+        parsed[key] = parse_yaml(value, f"-S {item!r}")
+    return parsed
+
+
+def within(block: str, overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """The overrides of one block, relative to it (for a file that holds only that block, such
+    as a recipe); a key of another block is an error naming `source`."""
+    inside = {}
+    for key, value in overrides.items():
+        first, _, rest = key.partition(".")
+        if first != block or not rest:
+            raise ConfigError(f"-S {key}: {source} holds the {block} block only; give {block}.* keys")
+        inside[rest] = value
+    return inside
+
+
+def updated(section: BaseModel, **changes: Any) -> BaseModel:
+    """A copy of a config section with typed changes (a CLI option's value), validated again;
+    a bad value is a ConfigError naming the key."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, Path("command line"))) from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, path: Path) -> None:
     """Set dotted keys (`train.beta`) in a parsed YAML mapping, in place."""
     for key, value in (overrides or {}).items():

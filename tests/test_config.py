@@ -67,3 +67,38 @@ def test_overrides_use_dotted_keys():
     assert params.data.shapes.seed == 7
     with pytest.raises(ConfigError, match=r"data\.shapes\.seed: Input should be greater than or equal to 0"):
         load_params(PARAMS, overrides={"data.shapes.seed": -1})
+
+
+def test_set_takes_full_dotted_keys_and_names_the_short_form():
+    from focusdiff.config import parse_overrides
+
+    assert parse_overrides(["train.beta=0.05", "evaluate.policy=shapes-base", "train.judge.model=null"]) == {
+        "train.beta": 0.05, "evaluate.policy": "shapes-base", "train.judge.model": None}
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["margin=2"], example_block="promote")
+    assert str(err.value) == ("-S 'margin=2': 'margin' is not a block of the parameter file (tracking, data, "
+                              "bootstrap, judge, train, evaluate, promote, cluster); -S takes full dotted keys as "
+                              "`dvc exp run -S` does, e.g. -S promote.margin=2")
+    with pytest.raises(ConfigError, match=r"^-S 'train.beta': expected dotted.key=value$"):
+        parse_overrides(["train.beta"])
+
+
+def test_recipe_overrides_are_train_keys():
+    from focusdiff.config import within
+
+    assert within("train", {"train.beta": 0.1, "train.lr.peak": 1e-5}, "the recipe r.yaml") == {"beta": 0.1, "lr.peak": 1e-5}
+    with pytest.raises(ConfigError) as err:
+        within("train", {"evaluate.seed": 3}, "the recipe r.yaml")
+    assert str(err.value) == "-S evaluate.seed: the recipe r.yaml holds the train block only; give train.* keys"
+
+
+def test_typed_updates_are_validated():
+    from focusdiff.config import updated
+
+    params = load_params(PARAMS)
+    changed = updated(params, evaluate=updated(params.evaluate, policy="shapes-base"))
+    assert changed.evaluate.policy == "shapes-base" and params.evaluate.policy != "shapes-base"
+    assert changed.train == params.train
+    with pytest.raises(ConfigError) as err:
+        updated(params.cluster.pytorchjob, nodes=0)
+    assert str(err.value) == "command line: nodes: Input should be greater than or equal to 1 (got 0)"

@@ -93,7 +93,7 @@ def test_focusdiff_promote_reports_an_outage_in_one_line(tmp_path, loopback_bypa
     env = {**os.environ, **loopback_no_proxy_env(), "MLFLOW_TRACKING_URI": f"http://bob:{SECRET}@{LOOPBACK}:{port}"}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "focusdiff.cli", "promote", "--params", str(REPO / "params.yaml"),
-                           "-S", "model_name=focusdiff-outage"], cwd=tmp_path,
+                           "-S", "promote.model_name=focusdiff-outage"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=OUTAGE_BUDGET_S + 60)
     elapsed = time.monotonic() - start
     assert done.returncode == 2, done.stderr
