@@ -119,9 +119,8 @@ def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> Ev
     jobs = paircomp.jobs(pairs)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     raw = judge_files(build_judge(c.evaluator), images, jobs, "paircomp")
     per_image = {j.file: paircomp.official_score(s) for j, s in zip(jobs, raw)}
@@ -175,9 +174,8 @@ def run_geneval(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> Eva
     images = prepare_images(folder, generation_identity(cfg, policy))
     for p in prompts:  # GenEval's layout: each prompt folder holds its metadata
         atomic_write_text(images / f"{p.index:05d}" / "metadata.jsonl", json.dumps(p.metadata()) + "\n")
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
@@ -244,9 +242,8 @@ def run_t2i_compbench(cfg: EvalConfig, policy, progress: Callable[[int], None]) 
     jobs = t2i.jobs(prompts)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
@@ -309,9 +306,8 @@ def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> E
     jobs = dpg.jobs(items)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
         raise IncompleteEvaluation("dpg_bench", f"{len(missing)} tiles missing or unreadable (first: {missing[0]})")
