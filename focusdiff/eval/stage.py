@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.eval import dpg_bench as dpg
 from focusdiff.eval import geneval, paircomp
 from focusdiff.eval import t2i_compbench as t2i

@@ -38,7 +38,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import FocusdiffError
 from focusdiff.redact import redact_urls
 from focusdiff.registry.gate import Decision, Evidence, GateConfig, decide

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
