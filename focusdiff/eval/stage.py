@@ -39,6 +39,8 @@ from focusdiff.eval.official import official_file
 from focusdiff.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.judge.select import build_judge
+from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.registry.registration import Registration
 
 BENCHMARKS = ("paircomp", "geneval", "t2i_compbench", "dpg_bench")
 JUDGE_CHUNK = 256  # images held in memory per judge call
@@ -337,20 +339,17 @@ def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> E
 RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench, "dpg_bench": run_dpg_bench}
 
 
-def registration_for(policy: str, registration_file: Path) -> dict[str, Any] | None:
-    """The registered model version `policy` is, per the train stage's registration.json."""
-    if not registration_file.is_file():
-        return None
-    registration = json.loads(registration_file.read_text("utf-8"))
-    if registration.get("registered") is False:  # training ran with promote.register_trained off
-        return None
-    same = Path(registration.get("policy", "")).resolve() == Path(policy).resolve()
-    return registration if same else None
+def paircomp_protocol(cfg: EvalConfig) -> EvaluationProtocol:
+    """How PairComp is measured under `cfg`. How the images were drawn is part of the protocol:
+    scores at CFG 2 and CFG 5 are not comparable."""
+    spec = cfg.paircomp.evaluator
+    return EvaluationProtocol(backend=spec.backend, model=spec.model or "", suite=cfg.paircomp.suite,
+                              split=cfg.paircomp.split, sampling=cfg.sampling, seed=cfg.seed)
 
 
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
                   progress: Callable[[int], None] = lambda n: None,
-                  registration: dict[str, Any] | None = None) -> EvalResult:
+                  registration: Registration | None = None) -> EvalResult:
     """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`.
     With `registration` (a registered version of that policy), the outcome is also written on
     the version: results and files when complete, the reason when it fails."""
@@ -367,14 +366,8 @@ def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tag
 
         files = [result.metrics_file] + [result.folder / n for n in ("pairs.jsonl", "scores.jsonl", "results.jsonl")
                                          if (result.folder / n).is_file()]
-        evaluator = None
-        if benchmark == "paircomp":
-            spec = cfg.paircomp.evaluator
-            sampling = ",".join(f"{k}={v}" for k, v in cfg.sampling.model_dump().items())
-            # how the images were drawn is part of the protocol: scores at CFG 2 and CFG 5 are not comparable
-            evaluator = (f"{spec.backend}:{spec.model or ''}|suite={cfg.paircomp.suite}:{cfg.paircomp.split}"
-                         f"|sampling={sampling}|seed={cfg.seed}")
-        record_evaluation(registration, tracking, benchmark, result.metrics, files, evaluator)
+        protocol = paircomp_protocol(cfg) if benchmark == "paircomp" else None
+        record_evaluation(registration, tracking, benchmark, result.metrics, files, protocol)
     return result
 
 
