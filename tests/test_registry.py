@@ -74,7 +74,7 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     assert champion(gate, tracking) is None  # a model, but no champion alias yet
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     v1 = client.get_model_version_by_alias("focusdiff-test", "challenger")
-    assert str(v1.version) == first["version"] == "1"
+    assert str(v1.version) == first.version == "1"
     assert v1.tags["algorithm"] == "pair-grpo" and v1.tags["prefect.flow_run_id"] == "flow-1"
     assert "trained with pair-grpo from shapes-base on dataset version abc123" in v1.description
 
