@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from focusdiff.config import load_params
 from focusdiff.eval.stage import BENCHMARKS, run_benchmark
+from focusdiff.registry.registration import Registration
 
 # Transient failures only: downloading a model from the object store can hiccup; a benchmark
 # that fails deterministically must not be re-run (its judge client retries on its own).
@@ -25,7 +26,7 @@ _DOWNLOAD_RETRIES = 3
 
 
 @task(name="registry: download model version", retries=_DOWNLOAD_RETRIES, retry_delay_seconds=[2, 10, 30])
-def download_version(project_dir: str, model_name: str, version: str) -> dict[str, Any]:
+def download_version(project_dir: str, model_name: str, version: str) -> Registration:
     import mlflow
     from mlflow import MlflowClient
 
@@ -48,16 +49,16 @@ def download_version(project_dir: str, model_name: str, version: str) -> dict[st
     policy = Path(local) / entry["path"]
     if not (policy / "config.json").is_file():
         raise FileNotFoundError(f"{model_name} v{mv.version}: no policy checkpoint at {policy}")
-    return {"model_name": model_name, "version": str(mv.version), "run_id": mv.run_id, "policy": str(policy)}
+    return Registration(model_name=model_name, version=str(mv.version), run_id=mv.run_id, policy=str(policy))
 
 
 @task(name="evaluate: benchmark")
-def evaluate_benchmark(project_dir: str, benchmark: str, registration: dict[str, Any]) -> dict[str, float]:
+def evaluate_benchmark(project_dir: str, benchmark: str, registration: Registration) -> dict[str, float]:
     params = load_params(Path(project_dir) / "params.yaml")
-    out = Path(project_dir) / "outputs" / "eval" / f"{registration['model_name']}-v{registration['version']}"
-    cfg = params.evaluate.model_copy(update={"policy": registration["policy"], "out": out, "metrics_dir": out / "metrics"})
+    out = Path(project_dir) / "outputs" / "eval" / f"{registration.model_name}-v{registration.version}"
+    cfg = params.evaluate.model_copy(update={"policy": registration.policy, "out": out, "metrics_dir": out / "metrics"})
     result = run_benchmark(benchmark, cfg, params.tracking, registration=registration,
-                           tags={"model_version": registration["version"]})
+                           tags={"model_version": registration.version})
     get_run_logger().info("%s: %s", benchmark, {k: round(v, 3) for k, v in result.metrics.items() if k.count(".") == 1})
     return result.metrics
 
@@ -81,8 +82,8 @@ def evaluate_version(project_dir: str = ".", model_name: str | None = None, vers
                 failed[b] = f"{type(exc).__name__}: {exc}"
     finally:
         os.chdir(cwd)
-    summary = {"model": name, "version": registration["version"], "metrics": results, "failed": failed}
-    print(f"evaluation of {name} v{registration['version']}: {summary}")
+    summary = {"model": name, "version": registration.version, "metrics": results, "failed": failed}
+    print(f"evaluation of {name} v{registration.version}: {summary}")
     if failed:
-        raise RuntimeError(f"{len(failed)} benchmark(s) failed for {name} v{registration['version']}: {failed}")
+        raise RuntimeError(f"{len(failed)} benchmark(s) failed for {name} v{registration.version}: {failed}")
     return summary

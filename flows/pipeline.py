@@ -32,6 +32,7 @@ from focusdiff.stages.data import log_dataset_summary
 from focusdiff.eval.stage import BENCHMARKS
 from focusdiff.errors import ConfigError
 from focusdiff.redact import redact_urls
+from focusdiff.registry.registration import REGISTRATION_FILE, Registration
 from focusdiff.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, StageRun, prefect_flow_run_id
 from focusdiff.versioning import default_remote, output_version, push, repro
 
@@ -115,10 +116,8 @@ def train(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro train`: trains from the base and registers the policy (alias challenger)."""
     params = load_params(Path(project_dir) / "params.yaml")
     _repro_as_child("train", project_dir, pipeline_run_id)
-    registration = params.train.metrics_dir / "registration.json"
     return {"train": _read_json(project_dir, params.train.metrics_dir / "train.json"),
-            "registration": _read_json(project_dir, registration)
-            if (Path(project_dir) / registration).is_file() else None}
+            "registration": Registration.load(Path(project_dir) / params.train.metrics_dir / REGISTRATION_FILE)}
 
 
 @task(name="evaluate: benchmark")
@@ -138,7 +137,7 @@ def promote(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
 
 
 @task(name="train: PyTorchJob on Kubernetes")
-def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) -> dict[str, Any]:
+def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) -> Registration:
     """Submit (or, after a worker restart, adopt) this flow run's training job, wait for it, and
     return the version it registered. No task retries: a failed job is deterministic, and a
     retried flow run adopts its running job instead of training twice."""
@@ -155,7 +154,7 @@ def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) 
                      env={FLOW_RUN_ENV: str(flow_run_id), PARENT_RUN_ENV: pipeline_run_id, DATA_VERSION_ENV: data_version},
                      log=log.info)
     registration = registered_by_flow_run(params.promote, params.tracking, str(flow_run_id))
-    log.info("the job registered %s v%s", registration["model_name"], registration["version"])
+    log.info("the job registered %s v%s", registration.model_name, registration.version)
     return registration
 
 
@@ -167,7 +166,7 @@ def _embedded(project: str, run: StageRun) -> dict[str, Any]:
     trained = train(project, run.run_id)
     scores = {b: evaluate(project, run.run_id, b)["metrics"] for b in BENCHMARKS}
     decision = promote(project, run.run_id)
-    registration = trained["registration"] or {}
+    registration = trained["registration"]
     run.log_metrics({"judge.test.agreement": judged["judge.test.agreement"]})
     return {"base": base, "judge.test.agreement": judged["judge.test.agreement"], "registration": registration,
             "scores": scores, "decision": decision}
@@ -182,9 +181,9 @@ def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: s
         raise ConfigError("cluster.launcher pytorchjob needs a DVC remote and push=true: the job's pods pull the "
                           "dataset from it (`dvc remote add -d ...`)")
     registration = train_on_cluster(project, run.run_id, data_version)
-    run.set_tags({"registered_model": registration["model_name"], "registered_version": registration["version"]})
-    evaluated = evaluate_version(project, registration["model_name"], registration["version"])
-    decision = promote_flow(project, registration["version"])
+    run.set_tags({"registered_model": registration.model_name, "registered_version": registration.version})
+    evaluated = evaluate_version(project, registration.model_name, registration.version)
+    decision = promote_flow(project, registration.version)
     return {"registration": registration, "scores": evaluated["metrics"], "decision": decision}
 
 
@@ -215,8 +214,8 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
                 "data_version": data["version"],
                 **outcome.get("base", {}),
                 **({"judge.test.agreement": outcome["judge.test.agreement"]} if "judge.test.agreement" in outcome else {}),
-                "registered_model": registration.get("model_name"),
-                "registered_version": registration.get("version"),
+                "registered_model": registration.model_name if registration else None,
+                "registered_version": registration.version if registration else None,
                 **headline,
                 "promoted": decision["promote"],
                 "gate": "; ".join(decision["reasons"]),

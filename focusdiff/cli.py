@@ -313,7 +313,7 @@ def submit_training(
     console.print(f"run id {run_id} (re-attach with --run-id {run_id})")
     run_training_job(job, run_id, env={FLOW_RUN_ENV: run_id}, log=console.print)
     registration = registered_by_flow_run(loaded.promote, loaded.tracking, run_id)
-    console.print(f"registered {registration['model_name']} v{registration['version']} ({registration['model_uri']})")
+    console.print(f"registered {registration.model_name} v{registration.version} ({registration.model_uri})")
 
 
 @app.command("ablate")
@@ -361,10 +361,10 @@ def evaluate(
     loaded = _params(params, set_, example_block="evaluate")
     if policy is not None:
         loaded = updated(loaded, evaluate=updated(loaded.evaluate, policy=policy))
-    from focusdiff.eval.stage import registration_for, run_benchmark
-    from focusdiff.train.stage import REGISTRATION_FILE
+    from focusdiff.eval.stage import run_benchmark
+    from focusdiff.registry.registration import REGISTRATION_FILE, Registration
 
-    registration = registration_for(loaded.evaluate.policy, loaded.train.metrics_dir / REGISTRATION_FILE)
+    registration = Registration.for_policy(loaded.train.metrics_dir / REGISTRATION_FILE, loaded.evaluate.policy)
     for name in benchmark:
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"{name}: generating", total=None)

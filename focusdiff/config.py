@@ -34,6 +34,7 @@ from focusdiff.judge.configs import ShapesJudgeConfig
 from focusdiff.model.configs import LMTrainConfig, VQTrainConfig
 from focusdiff.registry.gate import GateConfig
 from focusdiff.shapes.configs import ShapesDataConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.pytorchjob import ClusterConfig
 
@@ -50,16 +51,6 @@ class DataConfig(Section):
     import_: ImportConfig | None = Field(None, alias="import")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class TrackingConfig(Section):
-    """Where MLflow records runs. MLFLOW_TRACKING_URI in the environment wins over `uri`."""
-
-    uri: str = Field("sqlite:///mlflow.db", description="tracking URI: sqlite file (default) or http(s) server")
-    artifact_location: str = Field(
-        "mlartifacts", description="artifact root for new experiments on a local backend (dir or s3://)"
-    )
-    experiment: str = Field("focusdiff", min_length=1)
 
 
 class BootstrapConfig(Section):

@@ -24,7 +24,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.redact import redact_urls
 
 PARENT_RUN_ENV = "FOCUSDIFF_PARENT_RUN_ID"

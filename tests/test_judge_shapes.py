@@ -32,7 +32,7 @@ from focusdiff.judge.shapes_judge import (
     words,
 )
 from focusdiff.judge.spec import JudgeSpec
-from focusdiff.model.records import QualityGateError
+from focusdiff.records import QualityGateError
 from focusdiff.shapes.render import render
 from focusdiff.shapes.world import Obj, Scene
 

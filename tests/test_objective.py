@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from focusdiff.train.configs import CurriculumConfig, LRConfig
 from focusdiff.train.objective import (
-    Curriculum, LRSchedule, clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
+    clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
     max_variance_subset, policy_loss,
 )
 
@@ -19,9 +20,9 @@ def test_injection_curriculum_reference_points():
     assert injection_probability(450) == pytest.approx(0.25)
     assert injection_probability(600) == pytest.approx(0.20)  # 0.25 - 0.25 * 150 / 750
     assert injection_probability(1200) == pytest.approx(0.0) and injection_probability(5000) == 0.0
-    assert injection_probability(10, Curriculum(s1=0, s2=10, s3=20, prob=0.5)) == pytest.approx(0.5)
+    assert injection_probability(10, CurriculumConfig(s1=0, s2=10, s3=20, prob=0.5)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="0 <= s1 < s2 < s3"):
-        Curriculum(s1=100, s2=50)
+        CurriculumConfig(s1=100, s2=50)
 
 
 def test_group_advantages_by_hand():
@@ -57,7 +58,7 @@ def test_reference_learning_rate_schedule():
     assert learning_rate(999, 1000) == pytest.approx(2e-7)
     assert learning_rate(649, 1000) == pytest.approx(2e-6 + (2e-7 - 2e-6) * 349 / 699)
     with pytest.raises(ValueError, match="warmup <= mid_step"):
-        LRSchedule(warmup=400, mid_step=300)
+        LRConfig(warmup=400, mid_step=300)
 
 
 def test_k3_kl_by_hand():

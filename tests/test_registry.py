@@ -21,7 +21,9 @@ from focusdiff.config import TrackingConfig
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
+from focusdiff.model.sampling import SamplingConfig
 from focusdiff.registry.gate import GateConfig
+from focusdiff.registry.protocol import EvaluationProtocol
 from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation, record_failure, register_policy
 from focusdiff.tracking import StageRun
 
@@ -39,6 +41,9 @@ def policy_dir(tmp_path_factory) -> Path:
     return out
 
 
+EXACT_SHAPES = EvaluationProtocol(backend="exact", suite="shapes", split="test", sampling=SamplingConfig(), seed=0)
+
+
 def _register(policy_dir, gate, tracking, **tags):
     with StageRun(tracking, "train") as run:
         return register_policy(policy_dir, gate, tracking, run.run_id,
@@ -47,12 +52,12 @@ def _register(policy_dir, gate, tracking, **tags):
 
 
 def _evaluate(reg, tracking, tmp_path, g: float, fail: str | None = None, geneval: float = 0.5):
-    pairs = tmp_path / f"pairs-{reg['version']}.jsonl"
+    pairs = tmp_path / f"pairs-{reg.version}.jsonl"
     pairs.write_text("\n".join(json.dumps({"pair": i, "category": "color" if i % 2 else "text", "caption1": f"a{i}",
                                            "caption2": f"b{i}", "g": g + 0.01 * (i % 3)}) for i in range(30)) + "\n")
     target = tmp_path / f"pairs.jsonl"
     target.write_bytes(pairs.read_bytes())
-    record_evaluation(reg, tracking, "paircomp", {"paircomp.s_g": 100 * (g + 0.01)}, [target], evaluator="exact|shapes")
+    record_evaluation(reg, tracking, "paircomp", {"paircomp.s_g": 100 * (g + 0.01)}, [target], protocol=EXACT_SHAPES)
     for b, metrics in (("geneval", {"geneval.overall": geneval}), ("t2i_compbench", {"t2i_compbench.mean_of_categories": 0.4}),
                        ("dpg_bench", {"dpg.overall": 50.0})):
         if b == fail:
@@ -69,7 +74,7 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     assert champion(gate, tracking) is None  # a model, but no champion alias yet
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     v1 = client.get_model_version_by_alias("focusdiff-test", "challenger")
-    assert str(v1.version) == first["version"] == "1"
+    assert str(v1.version) == first.version == "1"
     assert v1.tags["algorithm"] == "pair-grpo" and v1.tags["prefect.flow_run_id"] == "flow-1"
     assert "trained with pair-grpo from shapes-base on dataset version abc123" in v1.description
 

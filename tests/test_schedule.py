@@ -2,7 +2,7 @@
 
 import pytest
 
-from focusdiff.model.schedule import warmup_cosine
+from focusdiff.schedule import warmup_cosine
 
 
 def test_warmup_then_cosine_to_the_floor():

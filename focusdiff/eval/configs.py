@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from focusdiff.judge.spec import JudgeSpec
-from focusdiff.train.configs import SamplingParams
+from focusdiff.model.sampling import SamplingConfig
 
 
 class _Section(BaseModel):
@@ -59,7 +59,7 @@ class EvalConfig(_Section):
     metrics_dir: Path = Field(Path("metrics/eval"), description="<benchmark>.json headline numbers (DVC metrics)")
     benchmark_dir: Path | None = Field(None, description="offline copies of the official prompt files")
     seed: int = Field(0, ge=0, description="image k of a benchmark is drawn with seed + k")
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingConfig = SamplingConfig()
     batch_size: int = Field(32, ge=1)
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals (0: none)")
     report_pairs: int = Field(12, ge=0, description="worst pairs shown in the HTML report")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.eval import dpg_bench as dpg
 from focusdiff.eval import geneval, paircomp
 from focusdiff.eval import t2i_compbench as t2i
@@ -39,6 +39,8 @@ from focusdiff.eval.official import official_file
 from focusdiff.io import atomic_write_bytes, atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.judge.select import build_judge
+from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.registry.registration import Registration
 
 BENCHMARKS = ("paircomp", "geneval", "t2i_compbench", "dpg_bench")
 JUDGE_CHUNK = 256  # images held in memory per judge call
@@ -119,9 +121,8 @@ def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> Ev
     jobs = paircomp.jobs(pairs)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     raw = judge_files(build_judge(c.evaluator), images, jobs, "paircomp")
     per_image = {j.file: paircomp.official_score(s) for j, s in zip(jobs, raw)}
@@ -175,9 +176,8 @@ def run_geneval(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> Eva
     images = prepare_images(folder, generation_identity(cfg, policy))
     for p in prompts:  # GenEval's layout: each prompt folder holds its metadata
         atomic_write_text(images / f"{p.index:05d}" / "metadata.jsonl", json.dumps(p.metadata()) + "\n")
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
@@ -244,9 +244,8 @@ def run_t2i_compbench(cfg: EvalConfig, policy, progress: Callable[[int], None]) 
     jobs = t2i.jobs(prompts)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     t1 = time.perf_counter()
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
@@ -309,9 +308,8 @@ def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> E
     jobs = dpg.jobs(items)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
-    from focusdiff.model.sampler import SamplingConfig
 
-    generate_jobs(policy, jobs, images, cfg.seed, SamplingConfig(**cfg.sampling.model_dump()), cfg.batch_size, progress)
+    generate_jobs(policy, jobs, images, cfg.seed, cfg.sampling, cfg.batch_size, progress)
     missing = [j.file for j in jobs if not valid_image(images / j.file)]
     if missing:
         raise IncompleteEvaluation("dpg_bench", f"{len(missing)} tiles missing or unreadable (first: {missing[0]})")
@@ -341,20 +339,17 @@ def run_dpg_bench(cfg: EvalConfig, policy, progress: Callable[[int], None]) -> E
 RUNNERS = {"paircomp": run_paircomp, "geneval": run_geneval, "t2i_compbench": run_t2i_compbench, "dpg_bench": run_dpg_bench}
 
 
-def registration_for(policy: str, registration_file: Path) -> dict[str, Any] | None:
-    """The registered model version `policy` is, per the train stage's registration.json."""
-    if not registration_file.is_file():
-        return None
-    registration = json.loads(registration_file.read_text("utf-8"))
-    if registration.get("registered") is False:  # training ran with promote.register_trained off
-        return None
-    same = Path(registration.get("policy", "")).resolve() == Path(policy).resolve()
-    return registration if same else None
+def paircomp_protocol(cfg: EvalConfig) -> EvaluationProtocol:
+    """How PairComp is measured under `cfg`. How the images were drawn is part of the protocol:
+    scores at CFG 2 and CFG 5 are not comparable."""
+    spec = cfg.paircomp.evaluator
+    return EvaluationProtocol(backend=spec.backend, model=spec.model or "", suite=cfg.paircomp.suite,
+                              split=cfg.paircomp.split, sampling=cfg.sampling, seed=cfg.seed)
 
 
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
                   progress: Callable[[int], None] = lambda n: None,
-                  registration: dict[str, Any] | None = None) -> EvalResult:
+                  registration: Registration | None = None) -> EvalResult:
     """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`.
     With `registration` (a registered version of that policy), the outcome is also written on
     the version: results and files when complete, the reason when it fails."""
@@ -371,14 +366,8 @@ def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tag
 
         files = [result.metrics_file] + [result.folder / n for n in ("pairs.jsonl", "scores.jsonl", "results.jsonl")
                                          if (result.folder / n).is_file()]
-        evaluator = None
-        if benchmark == "paircomp":
-            spec = cfg.paircomp.evaluator
-            sampling = ",".join(f"{k}={v}" for k, v in cfg.sampling.model_dump().items())
-            # how the images were drawn is part of the protocol: scores at CFG 2 and CFG 5 are not comparable
-            evaluator = (f"{spec.backend}:{spec.model or ''}|suite={cfg.paircomp.suite}:{cfg.paircomp.split}"
-                         f"|sampling={sampling}|seed={cfg.seed}")
-        record_evaluation(registration, tracking, benchmark, result.metrics, files, evaluator)
+        protocol = paircomp_protocol(cfg) if benchmark == "paircomp" else None
+        record_evaluation(registration, tracking, benchmark, result.metrics, files, protocol)
     return result
 
 

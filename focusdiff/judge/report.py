@@ -139,7 +139,7 @@ def policy_items(policy, pairs_per_category: int, seed: int = DEFAULT_SEED, samp
     (image k drawn with seed + k) and the labels are the exact checker's reading of them. The
     judge is then measured where Pair-GRPO uses it: on what the policy draws, not on renders."""
     from focusdiff.model.quality import draw_pairs
-    from focusdiff.model.sampler import SamplingConfig
+    from focusdiff.model.sampling import SamplingConfig
 
     sampling = sampling or SamplingConfig(cfg_weight=policy.guidance_scale)
     pairs = sample_pairs(pairs_per_category, policy.image_size, seed)

@@ -68,7 +68,7 @@ from focusdiff.errors import ConfigError
 from focusdiff.io import atomic_write_json
 from focusdiff.judge.base import BatchedJudge, ImageLike, ItemFailure, Verdict, item_failure, to_rgb
 from focusdiff.judge.configs import ShapesJudgeConfig
-from focusdiff.model.schedule import warmup_cosine
+from focusdiff.schedule import warmup_cosine
 from focusdiff.shapes.font import GLYPH_CHARS
 from focusdiff.shapes.generate import CATEGORY_ORDER, LayoutError, ShapesSampler
 from focusdiff.shapes.grammar import caption, clauses, evaluate, parse_caption

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from focusdiff.config import Params
 from focusdiff.io import atomic_directory, atomic_write_json
-from focusdiff.model.records import QualityGateError, file_hashes
+from focusdiff.records import QualityGateError, file_hashes
 from focusdiff.tracking import StageRun
 
 

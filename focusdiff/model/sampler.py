@@ -27,24 +27,9 @@ from transformers.activations import SiLUActivation
 
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import PositionLimit, build_prompt_batch
+from focusdiff.model.sampling import SamplingConfig
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.vq import to_pixels
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How image tokens are drawn (Janus-Pro / FocusDiff defaults: w=5, T=1, no truncation)."""
-
-    cfg_weight: float = 5.0  # l = l_uncond + w * (l_cond - l_uncond)
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off (transformers' generate defaults to 50 unless told otherwise)
-    top_p: float = 1.0  # 1.0: off
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {self.top_k}, {self.top_p}")
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, s: SamplingConfig, form: str = "sampling") -> torch.Tensor:

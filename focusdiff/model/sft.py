@@ -28,12 +28,12 @@ from transformers import GenerationConfig, JanusForConditionalGeneration, JanusV
 
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
-from focusdiff.model.schedule import warmup_cosine
+from focusdiff.schedule import warmup_cosine
 from focusdiff.model.configs import LMTrainConfig
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.quality import QualityReport, policy_quality
-from focusdiff.model.records import file_hashes
+from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.shapes_model import build_config, build_tokenizer

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
-from focusdiff.model.schedule import warmup_cosine
+from focusdiff.schedule import warmup_cosine
 from focusdiff.model.vq_config import VQTrainConfig
 from focusdiff.shapes.accuracy import ConditionAccuracy, clause_accuracy, sample_pairs
 from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler

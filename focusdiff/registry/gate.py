@@ -5,7 +5,8 @@ same prompts, and a noisy win must not displace a good champion. The challenger 
 promoted only when ALL of:
   * every benchmark it was evaluated on is complete (a failed or partial evaluation never
     promotes);
-  * it was scored by the same evaluator, on the same pairs, as the champion;
+  * it was scored under the same PairComp protocol (evaluator, suite, sampling, seed: the
+    `eval.paircomp.evaluator` tag, see protocol.py), on the same pairs, as the champion;
   * its s_g beats the champion's by at least `margin` points;
   * the paired bootstrap's 95% lower bound of that improvement is above 0 (pairs are
     resampled within each category, both models' scores of a pair kept together);
@@ -20,6 +21,9 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.registry.registration import RecordError
 
 
 class GateConfig(BaseModel):
@@ -59,7 +63,7 @@ class Evidence:
     metrics: dict[str, float]
     status: dict[str, str]  # benchmark -> complete | failed: <reason> | missing
     pairs: dict[str, tuple[str, float]]  # pair key -> (category, g_i)
-    evaluator: str  # identity of the PairComp evaluator and suite
+    evaluator: str  # the PairComp protocol's tag (EvaluationProtocol.as_tag), compared as recorded
 
 
 @dataclass
@@ -71,6 +75,18 @@ class Decision:
     def summary(self) -> str:
         verdict = "PROMOTE" if self.promote else "KEEP CHAMPION"
         return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def protocol_differences(challenger_tag: str, champion_tag: str) -> list[str]:
+    """Which fields of the PairComp protocol differ, as one reason, when both tags are protocol
+    records (focusdiff/registry/protocol.py). A tag that is not one (recorded before the protocol
+    included sampling and seed) gets no detail: the versions are refused all the same, on the
+    tags' inequality."""
+    try:
+        challenger, champion = EvaluationProtocol.from_tag(challenger_tag), EvaluationProtocol.from_tag(champion_tag)
+    except RecordError:
+        return []
+    return [f"the PairComp protocols differ in {'; '.join(challenger.differences(champion))} (challenger vs champion)"]
 
 
 def category_mean(pairs: dict[str, tuple[str, float]], keys: list[str]) -> float:
@@ -119,7 +135,8 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
         return Decision(promote, reasons, numbers)
     if challenger.evaluator != champion.evaluator:
         return Decision(False, [f"evaluated differently from the champion ({challenger.evaluator!r} vs "
-                                f"{champion.evaluator!r}): scores are not comparable"], numbers)
+                                f"{champion.evaluator!r}): scores are not comparable",
+                                *protocol_differences(challenger.evaluator, champion.evaluator)], numbers)
     keys = sorted(set(challenger.pairs) & set(champion.pairs))
     if not keys or len(keys) != len(challenger.pairs) or len(keys) != len(champion.pairs):
         return Decision(False, [f"the champion and challenger were scored on different pairs "

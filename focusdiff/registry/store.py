@@ -32,16 +32,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import FocusdiffError
 from focusdiff.redact import redact_urls
 from focusdiff.registry.gate import Decision, Evidence, GateConfig, decide
+from focusdiff.registry.protocol import TAG as PROTOCOL_TAG
+from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.registry.registration import Registration
 from focusdiff.tracking import tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -171,7 +174,7 @@ def model_card(name: str, version_tags: dict[str, str]) -> str:
 
 
 def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig, run_id: str,
-                    tags: dict[str, str]) -> dict[str, Any]:
+                    tags: dict[str, str]) -> Registration:
     """Log `policy_dir` as a pyfunc model under run `run_id` and register it; alias challenger."""
     import mlflow
 
@@ -192,11 +195,10 @@ def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig
         client.set_model_version_tag(gate.model_name, version, key, value)
     client.update_model_version(gate.model_name, version, description=model_card(gate.model_name, clean))
     client.set_registered_model_alias(gate.model_name, CHALLENGER, version)
-    return {"model_name": gate.model_name, "version": version, "run_id": run_id,
-            "model_uri": f"models:/{gate.model_name}/{version}", "policy": str(policy_dir)}
+    return Registration(model_name=gate.model_name, version=version, run_id=run_id, policy=str(policy_dir))
 
 
-def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_id: str) -> dict[str, Any]:
+def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_id: str) -> Registration:
     """The version a training job registered for this flow run (its `prefect.flow_run_id` tag):
     how the pipeline finds what a PyTorchJob trained on the cluster."""
     client = _client(tracking)
@@ -205,28 +207,28 @@ def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_
                                                          order_by=["version_number DESC"]))
     for mv in versions:
         if dict(mv.tags).get("prefect.flow_run_id") == flow_run_id:
-            return {"model_name": gate.model_name, "version": str(mv.version), "run_id": mv.run_id,
-                    "model_uri": f"models:/{gate.model_name}/{mv.version}"}
+            return Registration(model_name=gate.model_name, version=str(mv.version), run_id=mv.run_id)
     raise RegistryError(f"registered model {gate.model_name!r} has no version tagged prefect.flow_run_id="
                         f"{flow_run_id}: the training job succeeded but registered nothing "
                         "(is promote.register_trained on in the job's params?)")
 
 
-def record_evaluation(registration: dict[str, Any], tracking: TrackingConfig, benchmark: str, metrics: dict[str, float],
-                      files: list[Path], evaluator: str | None = None) -> None:
+def record_evaluation(registration: Registration, tracking: TrackingConfig, benchmark: str, metrics: dict[str, float],
+                      files: list[Path], protocol: EvaluationProtocol | None = None) -> None:
+    """`protocol`: how PairComp was measured (the gate compares versions only under one)."""
     client = _client(tracking)
-    name, version = registration["model_name"], registration["version"]
+    name, version = registration.model_name, registration.version
     for path in files:
-        client.log_artifact(registration["run_id"], str(path), f"evaluation/{benchmark}")
+        client.log_artifact(registration.run_id, str(path), f"evaluation/{benchmark}")
     for key, value in metrics.items():
         client.set_model_version_tag(name, version, f"eval.{key}", f"{value:.6g}")
-    if evaluator is not None:
-        client.set_model_version_tag(name, version, f"eval.{benchmark}.evaluator", evaluator)
+    if protocol is not None:
+        client.set_model_version_tag(name, version, f"eval.{benchmark}.evaluator", protocol.as_tag())
     client.set_model_version_tag(name, version, f"eval.{benchmark}.status", "complete")
 
 
-def record_failure(registration: dict[str, Any], tracking: TrackingConfig, benchmark: str, reason: str) -> None:
-    _client(tracking).set_model_version_tag(registration["model_name"], registration["version"],
+def record_failure(registration: Registration, tracking: TrackingConfig, benchmark: str, reason: str) -> None:
+    _client(tracking).set_model_version_tag(registration.model_name, registration.version,
                                             f"eval.{benchmark}.status", f"failed: {reason}"[:4900])
 
 
@@ -286,7 +288,7 @@ def evidence(client: MlflowClient, name: str, version, gate: GateConfig, trackin
             for line in Path(local).read_text("utf-8").splitlines():
                 row = json.loads(line)
                 pairs[f"{row['caption1']}\n{row['caption2']}"] = (row["category"], float(row["g"]))
-    return Evidence(str(version.version), metrics, status, pairs, tags.get("eval.paircomp.evaluator", ""))
+    return Evidence(str(version.version), metrics, status, pairs, tags.get(PROTOCOL_TAG, ""))
 
 
 def champion(gate: GateConfig, tracking: TrackingConfig, client: MlflowClient | None = None):

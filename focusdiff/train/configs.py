@@ -3,7 +3,9 @@ the reference run as a documented field. Torch-free, so params.yaml validates fa
 
 The same class reads the `train:` block of params.yaml (the embedded default) and the
 recipe files in `recipes/` (Janus-Pro on GPU clusters). Vanilla GRPO is this trainer
-with `expand_pair_groups` and `inject_ground_truth` off.
+with `expand_pair_groups` and `inject_ground_truth` off. The curriculum and LR sections
+are what the objective (objective.py) computes with; the rollouts' sampling section is the
+sampler's own `SamplingConfig`, the same class the evaluation reads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focusdiff.judge.spec import JudgeSpec
+from focusdiff.model.sampling import SamplingConfig
 
 
 class _Section(BaseModel):
@@ -28,6 +31,12 @@ class CurriculumConfig(_Section):
     s3: int = Field(1200, ge=2)
     prob: float = Field(0.25, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "CurriculumConfig":
+        if not self.s1 < self.s2 < self.s3:
+            raise ValueError(f"curriculum needs 0 <= s1 < s2 < s3, got {self.s1}, {self.s2}, {self.s3}")
+        return self
+
 
 class LRConfig(_Section):
     """`reference`: warm-up to `peak`, linear to `mid` at `mid_step`, linear to `final` at the
@@ -41,14 +50,12 @@ class LRConfig(_Section):
     final: float = Field(2e-7, ge=0)
     min_ratio: float = Field(0.1, ge=0, le=1, description="cosine only")
 
-
-class SamplingParams(_Section):
-    """Rollout sampling: CFG weight, temperature, truncation (Janus-Pro/FocusDiff: 5, 1, none)."""
-
-    cfg_weight: float = Field(5.0, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0, description="0: off")
-    top_p: float = Field(1.0, gt=0, le=1, description="1: off")
+    @model_validator(mode="after")
+    def _phases_in_order(self) -> "LRConfig":
+        if self.schedule == "reference" and self.warmup > self.mid_step:
+            raise ValueError(f"lr.warmup ({self.warmup}) must not exceed lr.mid_step ({self.mid_step}): the "
+                             "reference schedule needs warmup <= mid_step")
+        return self
 
 
 class GRPOConfig(_Section):
@@ -86,7 +93,7 @@ class GRPOConfig(_Section):
         "gradient, so one unlikely token cannot blow up the step. null: uncapped, as in the reference")
     logprob_form: Literal["sampling", "reference"] = Field(
         "sampling", description="sampling: the distribution rollouts came from; reference: FocusDiff's l_c-((w-1)/w)l_u")
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingConfig = SamplingConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     lr: LRConfig = LRConfig()
     weight_decay: float = Field(0.0, ge=0)
@@ -118,16 +125,11 @@ class GRPOConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "GRPOConfig":
-        c = self.curriculum
-        if not c.s1 < c.s2 < c.s3:
-            raise ValueError(f"curriculum needs s1 < s2 < s3, got {c.s1}, {c.s2}, {c.s3}")
         if self.inject_ground_truth and self.group_size < 3:
             raise ValueError("inject_ground_truth replaces 2 of each prompt's G images: group_size must be >= 3")
         if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
             raise ValueError(f"rollouts_per_prompt ({self.rollouts_per_prompt}) must be at least group_size "
                              f"({self.group_size}): the loss takes G of them")
-        if self.lr.schedule == "reference" and self.lr.warmup > self.lr.mid_step:
-            raise ValueError(f"lr.warmup ({self.lr.warmup}) must not exceed lr.mid_step ({self.lr.mid_step})")
         return self
 
     @property

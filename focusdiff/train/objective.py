@@ -5,13 +5,14 @@
   expanded to the 2G images of BOTH prompts.
 * `max_variance_subset`: which m of n rollouts to train on when more are sampled than
   the loss takes (max-variance down-sampling).
-* `learning_rate`: the reference run's three-phase schedule.
+* `learning_rate`: the `train.lr` schedule (the reference run's three phases, or cosine).
 * `k3_kl`, `clipped_surrogate`, `policy_loss`: the per-token objective (PPO-style
   clipped ratio, plus beta times the k3 KL estimate to a frozen reference policy),
   averaged over an image's tokens, then over images.
 
 Constants and their sources are in ../shared/specs/pair-grpo.md (the reference
-FocusDiff code); every one is a parameter here.
+FocusDiff code); every one is a parameter here. The curriculum and the schedule take
+the config sections themselves (`train.curriculum`, `train.lr`), validated there.
 """
 
 from __future__ import annotations
@@ -20,24 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class Curriculum:
-    """p(step) of injecting ground-truth images (reference: s1=50, s2=450, s3=1200, prob=0.25)."""
-
-    s1: int = 50
-    s2: int = 450
-    s3: int = 1200
-    prob: float = 0.25
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.s1 < self.s2 < self.s3:
-            raise ValueError(f"curriculum steps must satisfy 0 <= s1 < s2 < s3, got {self.s1}, {self.s2}, {self.s3}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"curriculum prob must be in [0, 1], got {self.prob}")
+from focusdiff.schedule import three_phase, warmup_cosine
+from focusdiff.train.configs import CurriculumConfig, LRConfig
 
 
-def injection_probability(step: int, c: Curriculum = Curriculum()) -> float:
+def injection_probability(step: int, c: CurriculumConfig = CurriculumConfig()) -> float:
     """1 up to s1, linear down to `prob` at s2, linear down to 0 at s3, then 0."""
     if step <= c.s1:
         return 1.0
@@ -84,30 +72,12 @@ def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:
     return torch.sort(best).values
 
 
-@dataclass(frozen=True)
-class LRSchedule:
-    """Reference: linear warm-up to `peak` over `warmup` steps, linear to `mid` at `mid_step`,
-    then linear to `final` at the last step."""
-
-    peak: float = 1e-5
-    warmup: int = 100
-    mid: float = 2e-6
-    mid_step: int = 300
-    final: float = 2e-7
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.warmup <= self.mid_step:
-            raise ValueError(f"need 0 <= warmup <= mid_step, got {self.warmup}, {self.mid_step}")
-
-
-def learning_rate(step: int, total_steps: int, s: LRSchedule = LRSchedule()) -> float:
-    """The learning rate for optimizer step `step` (0-based) of `total_steps`."""
-    if step < s.warmup:
-        return s.peak * (step + 1) / s.warmup
-    if step < s.mid_step:
-        return s.peak + (s.mid - s.peak) * (step - s.warmup) / max(1, s.mid_step - s.warmup)
-    last = max(total_steps - 1, s.mid_step + 1)
-    return s.mid + (s.final - s.mid) * min(1.0, (step - s.mid_step) / (last - s.mid_step))
+def learning_rate(step: int, total_steps: int, lr: LRConfig = LRConfig()) -> float:
+    """The learning rate for optimizer step `step` (0-based) of `total_steps`, by `lr.schedule`
+    (both schedules are implemented once, in focusdiff/schedule.py)."""
+    if lr.schedule == "cosine":
+        return warmup_cosine(step, lr.peak, lr.warmup, total_steps, lr.min_ratio)
+    return three_phase(step, total_steps, lr.peak, lr.warmup, lr.mid, lr.mid_step, lr.final)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = None) -> torch.Tensor:

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from focusdiff.config import TrackingConfig
+from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.registry.gate import GateConfig
+from focusdiff.registry.registration import REGISTRATION_FILE, Registration
 from focusdiff.train.trainer import Trainer, TrainResult
 
-REGISTRATION_FILE = "registration.json"
 DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
 
 # Curves DVC plots (`dvc plots show`): one row per step.
@@ -87,12 +87,12 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
                        "data.version": data_version(cfg.data),
                        "prefect.flow_run_id": prefect_flow_run_id() or "", **git_commit(), **(tags or {})}
             registration = register_policy(result.out, registry, tracking, run.run_id, lineage)
-            atomic_write_json(registration_file, registration)
-            run.set_tags({"registered_model": registry.model_name, "registered_version": registration["version"]})
+            registration.save(registration_file)
+            run.set_tags({"registered_model": registry.model_name, "registered_version": registration.version})
         else:
             # Written either way (DVC tracks it); a stale registration would attach evaluations
             # to another version, so this one names none.
-            atomic_write_json(registration_file, {"registered": False})
+            Registration.save_unregistered(registration_file)
         result.mlflow_run_id = run.run_id
         return result
 

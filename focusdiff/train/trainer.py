@@ -43,14 +43,13 @@ from focusdiff.judge.base import Judge
 from focusdiff.model.loading import checkpoint_files, load_policy
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
-from focusdiff.model.records import file_hashes
+from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
-from focusdiff.model.schedule import warmup_cosine
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
-from focusdiff.train.objective import Curriculum, LRSchedule, injection_probability, learning_rate, policy_loss
+from focusdiff.train.objective import injection_probability, learning_rate, policy_loss
 from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
 from focusdiff.viz import labeled_grid
 
@@ -135,13 +134,6 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(_FROZEN_PREFIXES))
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def step_learning_rate(cfg: GRPOConfig, step: int) -> float:
-    lr = cfg.lr
-    if lr.schedule == "cosine":
-        return warmup_cosine(step, lr.peak, lr.warmup, cfg.steps, lr.min_ratio)
-    return learning_rate(step, cfg.steps, LRSchedule(lr.peak, lr.warmup, lr.mid, lr.mid_step, lr.final))
 
 
 def run_identity(cfg: GRPOConfig, policy_dir: Path | None, reference_dir: Path | None, data_manifest: bytes,
@@ -292,8 +284,7 @@ class Trainer:
         to) is recorded in the checkpoints, so a resumed run continues the same one."""
         cfg, accelerator, policy, scorer = self.cfg, self.accelerator, self.policy, self.scorer
         optimizer, trainable, items, order = self.optimizer, self.trainable, self.items, self.order
-        sampling = SamplingConfig(**cfg.sampling.model_dump())
-        curriculum = Curriculum(cfg.curriculum.s1, cfg.curriculum.s2, cfg.curriculum.s3, cfg.curriculum.prob)
+        sampling = cfg.sampling
         world, rank = accelerator.num_processes, accelerator.process_index
         start, totals, history = self.start.step, dict(self.start.totals), list(self.start.history)
         planned_items = cfg.steps * cfg.grad_accum * world * cfg.items_per_micro_batch
@@ -304,7 +295,7 @@ class Trainer:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
             timing = defaultdict(float)
-            p_inject = injection_probability(step, curriculum) if cfg.inject_ground_truth else 0.0
+            p_inject = injection_probability(step, cfg.curriculum) if cfg.inject_ground_truth else 0.0
             micro_batches: list[list[ItemExperience]] = []
             dropped = 0
             for micro in range(cfg.grad_accum):
@@ -338,7 +329,7 @@ class Trainer:
             # the kept items are counted over all of them.
             kept_here = sum(e.dropped is None for batch in micro_batches for e in batch)
             kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
-            lr = step_learning_rate(cfg, step)
+            lr = learning_rate(step, cfg.steps, cfg.lr)
             stats = defaultdict(float)
             for update in range(cfg.updates_per_batch if kept else 0):  # every item dropped: no reward, no update
                 for group in optimizer.param_groups:

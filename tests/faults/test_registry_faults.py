@@ -26,7 +26,10 @@ import pytest
 from mlflow import MlflowClient
 
 from focusdiff.config import TrackingConfig
+from focusdiff.model.sampling import SamplingConfig
 from focusdiff.registry.gate import GateConfig
+from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.registry.registration import Registration
 from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation
 from tests.servers import LOOPBACK, ManagedProcess, free_port, http_ok, loopback_no_proxy_env
 
@@ -150,8 +153,9 @@ def _challenger(server, tmp_path: Path, tags: dict[str, str]) -> tuple[GateConfi
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"category": "color", "caption1": f"a{i}", "caption2": f"b{i}", "g": 0.3}) + "\n"
                              for i in range(4)))
-    registration = {"model_name": name, "version": str(version), "run_id": run_id}
-    record_evaluation(registration, tracking, "paircomp", {"paircomp.s_g": 30.0}, [pairs], evaluator="exact|shapes")
+    registration = Registration(model_name=name, version=str(version), run_id=run_id)
+    protocol = EvaluationProtocol(backend="exact", suite="shapes", split="test", sampling=SamplingConfig(), seed=0)
+    record_evaluation(registration, tracking, "paircomp", {"paircomp.s_g": 30.0}, [pairs], protocol=protocol)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     return GateConfig(model_name=name, required=("paircomp",), floor=25.0, bootstrap=100), tracking, str(version)

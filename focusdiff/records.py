@@ -1,5 +1,6 @@
-"""What the bootstrap stages share: the quality-gate error and the file hashes their
-records hold (a file of its own, so neither stage depends on the other's code)."""
+"""What the gated training stages share (the bootstrap VQ and LM, the judge): the
+quality-gate error and the file hashes their records hold. A top-level module, so that
+neither stage, nor the judge package, depends on another package's code for them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from focusdiff.errors import FocusdiffError
 
 
 class QualityGateError(FocusdiffError):
-    """A bootstrap product did not reach its quality gate; nothing was written."""
+    """A gated product (a bootstrap model, the judge) did not reach its quality gate; nothing was written."""
 
 
 def file_hashes(root: Path) -> dict[str, str]:
