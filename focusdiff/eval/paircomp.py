@@ -135,8 +135,8 @@ def category_units(cats: list[str], a: np.ndarray, g: np.ndarray) -> dict[str, n
 
 def statistic(sample: dict[str, np.ndarray]) -> dict[str, float]:
     """s_a and s_g (x100) per category and overall, of resampled (a, g) pairs."""
-    per_a = {c: np.ascontiguousarray(units[:, 0]).mean() for c, units in sample.items()}
-    per_g = {c: np.ascontiguousarray(units[:, 1]).mean() for c, units in sample.items()}
+    per_a = {c: units[:, 0].mean() for c, units in sample.items()}
+    per_g = {c: units[:, 1].mean() for c, units in sample.items()}
     out: dict[str, float] = {}
     for c in sample:
         out[f"paircomp.{c}.s_a"], out[f"paircomp.{c}.s_g"] = 100 * per_a[c], 100 * per_g[c]
