@@ -10,7 +10,8 @@ Protocol (../shared/specs/benchmarks.md, FocusDiff's PairComp code):
 The geometric mean punishes a pair where one prompt fails: it measures fine-grained control.
 
 ShapesWorld's suite is the dataset's held-out test pairs in the same JSON schema, scored
-by the exact checker (the held-out evaluator) unless configured otherwise.
+by the exact checker (the held-out evaluator) unless configured otherwise. `BENCHMARK` is
+PairComp for the evaluation path (focusdiff/eval/stage.py).
 """
 
 from __future__ import annotations
