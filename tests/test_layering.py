@@ -82,7 +82,6 @@ KNOWN_VIOLATIONS = {
     "focusdiff.cli -> focusdiff.train.ablate",
     "focusdiff.cli -> focusdiff.train.pytorchjob",
     "focusdiff.cli -> focusdiff.train.stage",
-    "focusdiff.eval.stage -> focusdiff.registry.protocol",
     "focusdiff.eval.stage -> focusdiff.registry.registration",
     "focusdiff.eval.stage -> focusdiff.registry.store",
     "focusdiff.eval.stage -> focusdiff.tracking",

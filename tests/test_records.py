@@ -12,7 +12,7 @@ import pytest
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.model.sampling import SamplingConfig
 from focusdiff.registry.gate import Evidence, GateConfig, decide
-from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.eval.protocol import EvaluationProtocol
 from focusdiff.registry.registration import RecordError, Registration
 from focusdiff.schedule import warmup_cosine
 from focusdiff.train.configs import GRPOConfig, LRConfig
@@ -78,16 +78,16 @@ def test_a_missing_or_broken_registration_file_is_named(tmp_path):
 def test_the_protocol_tag_is_the_one_the_registry_holds():
     """The eval stage's protocol for the default evaluate config is exactly the tag string that
     earlier focusdiff versions wrote (the gate compares tags, and registries hold old ones)."""
-    from focusdiff.eval.stage import paircomp_protocol
+    from focusdiff.eval.paircomp import BENCHMARK as PAIRCOMP
 
-    protocol = paircomp_protocol(EvalConfig())
+    protocol = PAIRCOMP.protocol(EvalConfig())
     assert protocol.as_tag() == DEFAULT_TAG
     assert EvaluationProtocol.from_tag(DEFAULT_TAG) == protocol
     judged = EvalConfig.model_validate({"seed": 7, "sampling": {"cfg_weight": 2, "top_k": 50},
                                         "paircomp": {"suite": "official", "split": "val",
                                                      "evaluator": {"backend": "openai", "model": "org/vlm:7b",
                                                                    "base_url": "http://127.0.0.1:9/v1"}}})
-    tag = paircomp_protocol(judged).as_tag()
+    tag = PAIRCOMP.protocol(judged).as_tag()
     assert tag == ("openai:org/vlm:7b|suite=official:val|sampling=cfg_weight=2.0,temperature=1.0,top_k=50,top_p=1.0"
                    "|seed=7")
     assert EvaluationProtocol.from_tag(tag).as_tag() == tag

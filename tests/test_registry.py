@@ -23,7 +23,7 @@ from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
 from focusdiff.model.sampling import SamplingConfig
 from focusdiff.registry.gate import GateConfig
-from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.eval.protocol import EvaluationProtocol
 from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation, record_failure, register_policy
 from focusdiff.tracking import StageRun
 

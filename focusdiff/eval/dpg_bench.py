@@ -13,7 +13,8 @@ answers pooled by category.
 Fixed defects of the official script: it skips the first CSV row; it pools only the last
 tile's answers into the category scores; it counts only an exact 'yes' (a judge answering
 'Yes' scores 0). Here every row is used, every tile's answers are pooled, and a judge's
-answer is yes when P(yes)/(P(yes)+P(no)) > 0.5.
+answer is yes when P(yes)/(P(yes)+P(no)) > 0.5. `BENCHMARK` is DPG-Bench for the evaluation
+path (focusdiff/eval/stage.py).
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from focusdiff.errors import DataError
+from focusdiff.errors import ConfigError, DataError
+from focusdiff.eval.benchmark import Benchmark, Row, Suite
+from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
-from focusdiff.eval.generation import ImageJob
+from focusdiff.eval.generation import ImageJob, png_bytes
+from focusdiff.eval.official import file_sha256, official_file
+from focusdiff.io import atomic_write_bytes, atomic_write_text
+from focusdiff.judge.select import build_judge
 
 COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad", "category_detailed", "tuple",
            "question_natural_language")
@@ -259,3 +265,67 @@ def answer_all(items: list[DPGItem], folder: Path, answerer: Answerer,
                              for k in range(TILES)]
         on_item(1)
     return out
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class DPGSuite(Suite):
+    items: list[DPGItem]
+    answerer: Answerer
+
+
+class DPGBench(Benchmark[DPGSuite]):
+    name = "dpg_bench"
+
+    def prepare(self, cfg: EvalConfig, folder: Path) -> DPGSuite:
+        c = cfg.dpg_bench
+        deviations = []
+        if c.suite == "shapes":
+            questions_file = folder / "dpg_bench.csv"
+            atomic_write_text(questions_file, csv_text(shapes_suite(cfg.seed, c.prompts)))
+            deviations.append(f"suite: {c.prompts} dense ShapesWorld prompts with question graphs, not the official 1065")
+        else:
+            questions_file = official_file("dpg_bench", "dpg_bench.csv", cfg.benchmark_dir)
+            deviations.append(f"dpg_bench.csv is fetched at the pinned commit but has no pinned sha256 in this release; "
+                              f"this run used sha256 {file_sha256(questions_file)}")
+        items = load_questions(questions_file)
+        if c.answerer == "shapes":
+            answerer: Answerer = ShapesAnswerer()
+            deviations.append("answers: the exact checker reads each question's tuple, not mPLUG-large")
+        else:
+            if c.judge is None:
+                raise ConfigError("evaluate.dpg_bench.answerer is judge but evaluate.dpg_bench.judge is not set")
+            answerer = JudgeAnswerer(build_judge(c.judge, template="{prompt}"))
+            deviations.append(f"answers: {c.judge.backend} judge {c.judge.model} asked each question, not mPLUG-large")
+        deviations.append("fixed official defects: all CSV rows used, every tile's answers pooled per category, "
+                          "'Yes' counts as yes (P(yes) > P(no))")
+        return DPGSuite(jobs(items), deviations, items, answerer)
+
+    def lay_out(self, suite: DPGSuite, images: Path) -> None:
+        for item in suite.items:  # the official layout: one 2x2 grid per prompt
+            tiles = [Image.open(images / tile_file(item, k)).convert("RGB") for k in range(TILES)]
+            atomic_write_bytes(images / f"{item.item_id}.png", png_bytes(grid(tiles)))
+
+    def score(self, suite: DPGSuite, images: Path) -> list[Row]:
+        answers = answer_all(suite.items, images, suite.answerer)
+        return [{"item_id": i.item_id, "tile": k, "prompt": i.prompt, "answers": answers[i.item_id][k],
+                 "score": float(np.mean(apply_dependencies(i, answers[i.item_id][k])))}
+                for i in suite.items for k in range(TILES)]
+
+    def aggregate(self, suite: DPGSuite, rows: list[Row]) -> dict[str, float]:
+        answers: dict[str, list[list[bool]]] = {}
+        for r in rows:  # tile order
+            answers.setdefault(r["item_id"], []).append(r["answers"])
+        return aggregate(suite.items, answers)
+
+    def resampling_units(self, suite: DPGSuite, rows: list[Row]) -> dict[str, np.ndarray]:
+        """Prompts (the mean of their 4 tiles' scores), one stratum."""
+        return {"prompts": np.array([np.mean([r["score"] for r in rows if r["item_id"] == i.item_id]) for i in suite.items])}
+
+    def statistic(self, sample: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"dpg.overall": 100 * float(np.mean(sample["prompts"]))}
+
+
+BENCHMARK = DPGBench()

@@ -12,6 +12,7 @@ overall = unweighted mean of the tasks.
 
 Detection and colour are backends: Mask2Former + CLIP ViT-L/14 (transformers) for real
 images, the exact checker for ShapesWorld. The clause logic here is shared by both.
+`BENCHMARK` is GenEval for the evaluation path (focusdiff/eval/stage.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from focusdiff.errors import DataError
+from focusdiff.eval.benchmark import Benchmark, Row, Suite
+from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob
+from focusdiff.eval.official import official_file
+from focusdiff.io import atomic_write_text, jsonl_text
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 IMAGES_PER_PROMPT = 4
@@ -268,3 +274,80 @@ class KnownColors:
 
     def colors(self, image: np.ndarray, detections: list[Detection], cls: str) -> list[str]:
         return [d.attributes["color"] for d in detections]
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class GenEvalSuite(Suite):
+    prompts: list[GenEvalPrompt]
+    detector: Detector
+    colors: ColorClassifier
+
+
+class GenEval(Benchmark[GenEvalSuite]):
+    name = "geneval"
+    rows_file = "results.jsonl"  # GenEval's own name for its per-image results
+
+    def prepare(self, cfg: EvalConfig, folder: Path) -> GenEvalSuite:
+        c = cfg.geneval
+        deviations = []
+        if c.suite == "shapes":
+            meta_file = folder / "evaluation_metadata.jsonl"
+            atomic_write_text(meta_file, jsonl_text(shapes_suite(cfg.seed, c.prompts_per_task)))
+            deviations.append(f"suite: ShapesWorld prompts in GenEval's schema ({c.prompts_per_task} per task), "
+                              "not the official 553")
+            class_names = None
+        else:
+            meta_file = official_file("geneval", "evaluation_metadata.jsonl", cfg.benchmark_dir)
+            names = official_file("geneval", "object_names.txt", cfg.benchmark_dir)
+            class_names = [line.strip() for line in names.read_text("utf-8").splitlines() if line.strip()]
+        prompts = load_metadata(meta_file)
+        if c.detector == "shapes":
+            detector, colors = ShapesDetector(), KnownColors()
+            deviations.append("detector and colours: the exact checker's parse of ShapesWorld pixels, not Mask2Former + CLIP")
+        else:
+            from focusdiff.eval.detectors import ClipColorClassifier, Mask2FormerDetector
+
+            if class_names is None:
+                from focusdiff.shapes.world import SHAPES
+
+                class_names = list(SHAPES)
+            detector, colors = Mask2FormerDetector(c.detector_model, class_names), ClipColorClassifier(c.color_model)
+            deviations.append("detector: transformers' Mask2Former (trained differently from the official mmdet checkpoint)")
+        return GenEvalSuite(jobs(prompts), deviations, prompts, detector, colors)
+
+    def lay_out(self, suite: GenEvalSuite, images: Path) -> None:
+        for p in suite.prompts:  # GenEval's layout: each prompt folder holds its metadata
+            atomic_write_text(images / f"{p.index:05d}" / "metadata.jsonl", json.dumps(p.metadata()) + "\n")
+
+    def score(self, suite: GenEvalSuite, images: Path) -> list[Row]:
+        by_index = {p.index: p for p in suite.prompts}
+        rows = []
+        for j in suite.jobs:
+            p = by_index[int(j.file[:5])]
+            image = np.asarray(Image.open(images / j.file).convert("RGB"))
+            classes = sorted({r["class"] for r in (*p.include, *p.exclude)})
+            ok, reason = evaluate_image(image, p, suite.detector.detect(image, classes), suite.colors)
+            rows.append({"file": j.file, "tag": p.tag, "prompt": p.prompt, "correct": ok, "reason": reason})
+        return rows
+
+    def aggregate(self, suite: GenEvalSuite, rows: list[Row]) -> dict[str, float]:
+        return aggregate(suite.prompts, {r["file"]: r["correct"] for r in rows})
+
+    def resampling_units(self, suite: GenEvalSuite, rows: list[Row]) -> dict[str, np.ndarray]:
+        """Prompts (the share of their 4 images right), stratified by task."""
+        correct = {r["file"]: r["correct"] for r in rows}
+        per_task: dict[str, list[float]] = {}
+        for p in suite.prompts:
+            per_task.setdefault(p.tag, []).append(
+                float(np.mean([correct[image_file(p.index, i)] for i in range(IMAGES_PER_PROMPT)])))
+        return {t: np.array(v) for t, v in per_task.items()}
+
+    def statistic(self, sample: dict[str, np.ndarray]) -> dict[str, float]:
+        tasks = {f"geneval.{t}": float(np.mean(units)) for t, units in sample.items()}
+        return tasks | {"geneval.overall": float(np.mean(list(tasks.values())))}
+
+
+BENCHMARK = GenEval()

@@ -10,7 +10,8 @@ Protocol (../shared/specs/benchmarks.md, FocusDiff's PairComp code):
 The geometric mean punishes a pair where one prompt fails: it measures fine-grained control.
 
 ShapesWorld's suite is the dataset's held-out test pairs in the same JSON schema, scored
-by the exact checker (the held-out evaluator) unless configured otherwise.
+by the exact checker (the held-out evaluator) unless configured otherwise. `BENCHMARK` is
+PairComp for the evaluation path (focusdiff/eval/stage.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from focusdiff.data.schema import CATEGORIES, load_dataset, normalize_category
 from focusdiff.errors import DataError
+from focusdiff.eval.benchmark import Benchmark, Row, Suite
+from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob
+from focusdiff.eval.intervals import percentile_bootstrap
+from focusdiff.eval.official import official_file
+from focusdiff.eval.protocol import EvaluationProtocol
+from focusdiff.io import atomic_write_json, jsonl_text
+from focusdiff.judge.select import build_judge
+from focusdiff.judge.spec import JudgeSpec
 
 IMAGES_PER_CAPTION = 2
+JUDGE_CHUNK = 256  # images held in memory per judge call
 
 
 @dataclass(frozen=True)
@@ -114,25 +125,26 @@ def aggregate(pairs: list[PairCompPair], scores: np.ndarray, bootstrap: int = 10
     for c in s_a:
         metrics[f"paircomp.{c}.s_a"] = 100 * s_a[c]
         metrics[f"paircomp.{c}.s_g"] = 100 * s_g[c]
-    intervals = _bootstrap(cats, a, g, bootstrap, seed) if bootstrap else {}
+    intervals = percentile_bootstrap(category_units(cats, a, g), statistic, bootstrap, seed)
     return {"metrics": metrics, "intervals": intervals, "pairs": len(pairs),
             "pairs_per_category": {c: cats.count(c) for c in s_a}}
 
 
-def _bootstrap(cats: list[str], a: np.ndarray, g: np.ndarray, n: int, seed: int) -> dict[str, list[float]]:
-    rng = np.random.default_rng(seed)
-    groups = {c: np.array([k for k, x in enumerate(cats) if x == c]) for c in CATEGORIES if c in cats}
-    draws: dict[str, list[float]] = {}
-    for _ in range(n):
-        per_a, per_g = {}, {}
-        for c, idx in groups.items():
-            pick = idx[rng.integers(0, len(idx), len(idx))]
-            per_a[c], per_g[c] = a[pick].mean(), g[pick].mean()
-            draws.setdefault(f"paircomp.{c}.s_a", []).append(100 * per_a[c])
-            draws.setdefault(f"paircomp.{c}.s_g", []).append(100 * per_g[c])
-        draws.setdefault("paircomp.s_a", []).append(100 * float(np.mean(list(per_a.values()))))
-        draws.setdefault("paircomp.s_g", []).append(100 * float(np.mean(list(per_g.values()))))
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+def category_units(cats: list[str], a: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    """The bootstrap's units: each pair's (a, g), stratified by category in CATEGORIES order."""
+    return {c: np.column_stack([a, g])[[k for k, x in enumerate(cats) if x == c]] for c in CATEGORIES if c in cats}
+
+
+def statistic(sample: dict[str, np.ndarray]) -> dict[str, float]:
+    """s_a and s_g (x100) per category and overall, of resampled (a, g) pairs."""
+    per_a = {c: units[:, 0].mean() for c, units in sample.items()}
+    per_g = {c: units[:, 1].mean() for c, units in sample.items()}
+    out: dict[str, float] = {}
+    for c in sample:
+        out[f"paircomp.{c}.s_a"], out[f"paircomp.{c}.s_g"] = 100 * per_a[c], 100 * per_g[c]
+    out["paircomp.s_a"] = 100 * float(np.mean(list(per_a.values())))
+    out["paircomp.s_g"] = 100 * float(np.mean(list(per_g.values())))
+    return out
 
 
 def score_matrix(pairs: list[PairCompPair], per_image: dict[str, float]) -> np.ndarray:
@@ -164,3 +176,88 @@ def official_score_json(pairs: list[PairCompPair], per_image: dict[str, float]) 
     return {str(p.index): [{"pair_idx": p.index, "prompt_idx": c, "image_idx": i,
                             "score": per_image[image_file(p.index, c, i)]}
                            for c in range(2) for i in range(IMAGES_PER_CAPTION)] for p in pairs}
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class PairCompSuite(Suite):
+    pairs: list[PairCompPair]
+    evaluator: JudgeSpec
+    report_pairs: int
+
+
+def judge_images(judge, folder: Path, jobs: list[ImageJob]) -> list[float]:
+    """The judge's scores in job order, a chunk of images in memory at a time."""
+    scores: list[float] = []
+    for start in range(0, len(jobs), JUDGE_CHUNK):
+        chunk = jobs[start : start + JUDGE_CHUNK]
+        images = [np.asarray(Image.open(folder / j.file).convert("RGB")) for j in chunk]
+        scores += [v.score for v in judge.judge(images, [j.prompt for j in chunk])]
+    return scores
+
+
+class PairComp(Benchmark[PairCompSuite]):
+    name = "paircomp"
+
+    def prepare(self, cfg: EvalConfig, folder: Path) -> PairCompSuite:
+        c = cfg.paircomp
+        deviations = []
+        if c.suite == "shapes":
+            suite_file = folder / "PairComp.json"
+            atomic_write_json(suite_file, shapes_suite(cfg.data, c.split))
+            deviations.append(f"suite: ShapesWorld's {c.split} pairs ({cfg.data}) in the PairComp schema, not the official 550")
+        else:
+            suite_file = official_file("paircomp", "PairComp.json", cfg.benchmark_dir)
+        pairs = load_pairs(suite_file)
+        if c.evaluator.backend != "openai" or "InternVL2_5-26B" not in (c.evaluator.model or ""):
+            deviations.append(f"evaluator: {c.evaluator.backend}"
+                              f"{' ' + c.evaluator.model if c.evaluator.model else ''}, not InternVL2.5-26B")
+        if c.evaluator.backend in ("openai", "hf"):
+            deviations.append("question ends with a period; the official script's question has none")
+        return PairCompSuite(jobs(pairs), deviations, pairs, c.evaluator, cfg.report_pairs)
+
+    def score(self, suite: PairCompSuite, images: Path) -> list[Row]:
+        raw = judge_images(build_judge(suite.evaluator), images, suite.jobs)  # built after generation: a VLM holds memory
+        by_pair = {p.index: p for p in suite.pairs}
+        rows = []
+        for job, s in zip(suite.jobs, raw):
+            pair, caption, _ = (int(x) for x in job.file.removesuffix(".png").split("_"))
+            rows.append({"file": job.file, "pair": pair, "caption": caption, "category": by_pair[pair].category,
+                         "prompt": job.prompt, "score": official_score(s)})
+        return rows
+
+    def _matrix(self, suite: PairCompSuite, rows: list[Row]) -> np.ndarray:
+        return score_matrix(suite.pairs, {r["file"]: r["score"] for r in rows})
+
+    def aggregate(self, suite: PairCompSuite, rows: list[Row]) -> dict[str, float]:
+        return aggregate(suite.pairs, self._matrix(suite, rows), bootstrap=0)["metrics"]
+
+    def resampling_units(self, suite: PairCompSuite, rows: list[Row]) -> dict[str, np.ndarray]:
+        return category_units([p.category for p in suite.pairs], *pair_means(self._matrix(suite, rows)))
+
+    def statistic(self, sample: dict[str, np.ndarray]) -> dict[str, float]:
+        return statistic(sample)
+
+    def files(self, suite: PairCompSuite, rows: list[Row], metrics: dict[str, float],
+              intervals: dict[str, list[float]]) -> dict[str, Any]:
+        from focusdiff.eval.report_html import paircomp_report
+
+        matrix = self._matrix(suite, rows)
+        a, g = pair_means(matrix)
+        per_pair = [{"pair": p.index, "category": p.category, "caption1": p.caption1, "caption2": p.caption2,
+                     "a": float(a[k]), "g": float(g[k]), "scores": [float(x) for x in matrix[k]]}
+                    for k, p in enumerate(suite.pairs)]
+        return {"score.json": official_score_json(suite.pairs, {r["file"]: r["score"] for r in rows}),
+                "pairs.jsonl": jsonl_text(per_pair),
+                "report.html": paircomp_report(suite.pairs, matrix, metrics, intervals, suite.deviations, suite.report_pairs)}
+
+    def protocol(self, cfg: EvalConfig) -> EvaluationProtocol:
+        # how the images were drawn is part of the protocol: scores at CFG 2 and CFG 5 are not comparable
+        spec = cfg.paircomp.evaluator
+        return EvaluationProtocol(backend=spec.backend, model=spec.model or "", suite=cfg.paircomp.suite,
+                                  split=cfg.paircomp.split, sampling=cfg.sampling, seed=cfg.seed)
+
+
+BENCHMARK = PairComp()

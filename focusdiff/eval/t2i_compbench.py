@@ -18,7 +18,8 @@ Category score = mean over images. There is no official overall number.
 
 Scorers are backends (`T2IScorers`): BLIP-VQA, OWLv2 (for UniDet, not in transformers)
 and CLIP B/32 with spaCy noun chunks for real images; the exact checker and the
-ShapesWorld grammar for ShapesWorld. The formulas here are shared.
+ShapesWorld grammar for ShapesWorld. The formulas here are shared. `BENCHMARK` is
+T2I-CompBench for the evaluation path (focusdiff/eval/stage.py).
 """
 
 from __future__ import annotations
@@ -28,11 +29,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from focusdiff.errors import DataError
+from focusdiff.eval.benchmark import Benchmark, Row, Suite
+from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob
 from focusdiff.eval.geneval import Detection
+from focusdiff.eval.official import official_file
+from focusdiff.io import atomic_write_text
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
 VQA_CATEGORIES = ("color", "shape", "texture")
@@ -318,3 +324,72 @@ def read_lists(folder: Path) -> tuple[set[str], set[str]]:
 
 def describe(scorers: T2IScorers) -> dict[str, Any]:
     return {"vqa": scorers.vqa.name, "detector": scorers.detector.name, "similarity": scorers.similarity.name}
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class T2ISuite(Suite):
+    prompts: list[T2IPrompt]
+    scorers: T2IScorers
+    spatial_prompts: set[str]  # complex prompts scored BLIP + spatial
+    action_prompts: set[str]  # complex prompts scored BLIP + CLIP
+
+
+class T2ICompBench(Benchmark[T2ISuite]):
+    name = "t2i_compbench"
+
+    def prepare(self, cfg: EvalConfig, folder: Path) -> T2ISuite:
+        c = cfg.t2i_compbench
+        deviations = []
+        if c.suite == "shapes":
+            lists = folder / "dataset"
+            for name, text in suite_files(shapes_suite(cfg.seed, c.prompts_per_category)).items():
+                atomic_write_text(lists / name, text)
+            deviations.append(f"suite: ShapesWorld prompts in T2I-CompBench's files ({c.prompts_per_category} per "
+                              "category), not the official 300; shape binds sizes and texture binds the background")
+        else:
+            for name in [f"{x}_val.txt" for x in c.categories] + ["complex_val_spatial.txt", "complex_val_action.txt"]:
+                official_file("t2i_compbench", f"dataset/{name}", cfg.benchmark_dir)
+            lists = official_file("t2i_compbench", "dataset/color_val.txt", cfg.benchmark_dir).parent
+        prompts = [p for cat in c.categories for p in load_prompts(lists / f"{cat}_val.txt", cat)]
+        spatial_prompts, action_prompts = read_lists(lists)
+        if c.scorers == "shapes":
+            scorers = shapes_scorers()
+            deviations.append("scorers: the exact checker (VQA, detection, clause share for CLIPScore) and the ShapesWorld "
+                              "grammar for noun chunks, not BLIP-VQA / UniDet / CLIP / spaCy")
+        else:
+            from focusdiff.eval.t2i_models import transformers_scorers
+
+            scorers = transformers_scorers(c)
+            deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet")
+        return T2ISuite(jobs(prompts), deviations, prompts, scorers, spatial_prompts, action_prompts)
+
+    def score(self, suite: T2ISuite, images: Path) -> list[Row]:
+        rows = []
+        for p in suite.prompts:
+            for k in range(IMAGES_PER_PROMPT):
+                file = image_file(p, k)
+                image = np.asarray(Image.open(images / file).convert("RGB"))
+                score = score_image(p, image, suite.scorers, suite.spatial_prompts, suite.action_prompts)
+                rows.append({"file": file, "category": p.category, "prompt": p.prompt, "score": score})
+        return rows
+
+    def aggregate(self, suite: T2ISuite, rows: list[Row]) -> dict[str, float]:
+        return aggregate(suite.prompts, {r["file"]: r["score"] for r in rows})
+
+    def resampling_units(self, suite: T2ISuite, rows: list[Row]) -> dict[str, np.ndarray]:
+        """Prompts (the mean of their 10 images), stratified by category."""
+        scores = {r["file"]: r["score"] for r in rows}
+        per: dict[str, list[float]] = {}
+        for p in suite.prompts:
+            per.setdefault(p.category, []).append(float(np.mean([scores[image_file(p, k)] for k in range(IMAGES_PER_PROMPT)])))
+        return {c: np.array(v) for c, v in per.items()}
+
+    def statistic(self, sample: dict[str, np.ndarray]) -> dict[str, float]:
+        # per category only: there is no official overall number to put an interval on
+        return {f"t2i_compbench.{c}": float(np.mean(units)) for c, units in sample.items()}
+
+
+BENCHMARK = T2ICompBench()

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from focusdiff.registry.protocol import EvaluationProtocol
-from focusdiff.registry.registration import RecordError
+from focusdiff.eval.protocol import EvaluationProtocol
+from focusdiff.records import RecordError
 
 
 class GateConfig(BaseModel):
@@ -79,7 +79,7 @@ class Decision:
 
 def protocol_differences(challenger_tag: str, champion_tag: str) -> list[str]:
     """Which fields of the PairComp protocol differ, as one reason, when both tags are protocol
-    records (focusdiff/registry/protocol.py). A tag that is not one (recorded before the protocol
+    records (focusdiff/eval/protocol.py). A tag that is not one (recorded before the protocol
     included sampling and seed) gets no detail: the versions are refused all the same, on the
     tags' inequality."""
     try:

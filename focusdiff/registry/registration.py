@@ -19,22 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json
+from focusdiff.records import RecordError, validation_error
 
 REGISTRATION_FILE = "registration.json"  # written in train.metrics_dir
-
-
-class RecordError(DataError):
-    """A registration file or an evaluation-protocol tag is malformed; the message names the field."""
-
-
-def validation_error(exc: ValidationError, what: str | Path, context: str = "") -> RecordError:
-    """The first problem pydantic found, as a RecordError naming `what` and the field (then `context`)."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return RecordError(f"{first['msg']}{more}{context}", file=what, field=field)
 
 
 class Registration(BaseModel):

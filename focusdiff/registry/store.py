@@ -42,8 +42,8 @@ from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import FocusdiffError
 from focusdiff.redact import redact_urls
 from focusdiff.registry.gate import Decision, Evidence, GateConfig, decide
-from focusdiff.registry.protocol import TAG as PROTOCOL_TAG
-from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.eval.protocol import TAG as PROTOCOL_TAG
+from focusdiff.eval.protocol import EvaluationProtocol
 from focusdiff.registry.registration import Registration
 from focusdiff.tracking import tracking_uri
 

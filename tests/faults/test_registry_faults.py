@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from focusdiff.config import TrackingConfig
 from focusdiff.model.sampling import SamplingConfig
 from focusdiff.registry.gate import GateConfig
-from focusdiff.registry.protocol import EvaluationProtocol
+from focusdiff.eval.protocol import EvaluationProtocol
 from focusdiff.registry.registration import Registration
 from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation
 from tests.servers import LOOPBACK, ManagedProcess, free_port, http_ok, loopback_no_proxy_env

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from focusdiff.model.sampling import SamplingConfig
-from focusdiff.registry.registration import RecordError, validation_error
+from focusdiff.records import RecordError, validation_error
 
 TAG = "eval.paircomp.evaluator"  # the model-version tag that holds it
 
