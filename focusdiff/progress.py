@@ -97,6 +97,7 @@ class Reporter:
         self.describe, self.every_s, self.clock = describe, every_s, clock
         self.done, self.metrics = start, {}
         self._started = clock()
+        self._first: tuple[float, int] | None = None  # (when, done) at the first update
         self._last_line_at: float | None = None
         self._last_line_done: int | None = None
         self._closed = False
@@ -121,6 +122,8 @@ class Reporter:
 
     def update(self, done: int, metrics: Mapping[str, float] | None = None) -> None:
         self.done = done
+        if self._first is None:
+            self._first = (self.clock(), done)
         if metrics is not None:
             self.metrics = dict(metrics)
         if self._bar is not None:
@@ -137,7 +140,10 @@ class Reporter:
     def line(self, now: float) -> str:
         """`name: done/total unit (pct) | rate | ETA | metrics`, the parts that are known."""
         elapsed = now - self._started
-        rate = (self.done - self.start) / elapsed if elapsed > 0 else 0.0
+        # the rate from the first update on, once there is one: set-up before the loop (loading
+        # models, building a vocabulary) is not a step and would make every early ETA too long
+        since, done_then = self._first if self._first and self.done > self._first[1] else (self._started, self.start)
+        rate = (self.done - done_then) / (now - since) if now > since else 0.0
         if self.total is None:
             parts = [f"{self.name}: {self.done} {self.unit}"]
         else:
