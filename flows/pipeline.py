@@ -27,6 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.artifacts import publish, result_markdown, rounded_summary, run_link, version_link
 from focusdiff.config import load_params
 from focusdiff.stages.data import log_dataset_summary
 from focusdiff.eval.stage import BENCHMARKS
@@ -43,10 +44,13 @@ _PUSH_RETRIES = 3
 
 def _repro_as_child(stage: str, project_dir: str, pipeline_run_id: str) -> None:
     """`dvc repro <stage>`; the stage's MLflow run nests under the pipeline run and
-    carries the flow-run id."""
+    carries the flow-run id. Its output is logged line by line as it runs: a long stage's
+    progress lines (focusdiff/progress.py) show in the task's log and the Prefect UI."""
     env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
-    out = repro(stage, cwd=project_dir, env=env).strip()
-    get_run_logger().info(out.splitlines()[-1] if out else f"dvc repro {stage}: done")
+    log = get_run_logger()
+    out = repro(stage, cwd=project_dir, env=env, on_line=lambda line: log.info(line) if line.strip() else None)
+    if not out.strip():
+        log.info(f"dvc repro {stage}: done")
 
 
 @task(name="data: version with DVC")
@@ -164,12 +168,14 @@ def _embedded(project: str, run: StageRun) -> dict[str, Any]:
     run.set_tags(base)
     judged = judge(project, run.run_id)
     trained = train(project, run.run_id)
-    scores = {b: evaluate(project, run.run_id, b)["metrics"] for b in BENCHMARKS}
+    evaluated = {b: evaluate(project, run.run_id, b) for b in BENCHMARKS}
     decision = promote(project, run.run_id)
     registration = trained["registration"]
     run.log_metrics({"judge.test.agreement": judged["judge.test.agreement"]})
     return {"base": base, "judge.test.agreement": judged["judge.test.agreement"], "registration": registration,
-            "scores": scores, "decision": decision}
+            "scores": {b: e["metrics"] for b, e in evaluated.items()},
+            "intervals": {k: v for e in evaluated.values() for k, v in e.get("intervals", {}).items()},
+            "decision": decision}
 
 
 def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: str) -> dict[str, Any]:
@@ -184,7 +190,8 @@ def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: s
     run.set_tags({"registered_model": registration.model_name, "registered_version": registration.version})
     evaluated = evaluate_version(project, registration.model_name, registration.version)
     decision = promote_flow(project, registration.version)
-    return {"registration": registration, "scores": evaluated["metrics"], "decision": decision}
+    return {"registration": registration, "scores": evaluated["metrics"], "intervals": evaluated["intervals"],
+            "decision": decision}
 
 
 @flow(name="focusdiff-pipeline", log_prints=True)
@@ -222,10 +229,26 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
                 "champion": champion_version(params),
                 "dvc_remote": remote,
             }
+            intervals = {k: v for k, v in outcome["intervals"].items() if k in headline}
+            _publish_result(run, summary, headline, intervals, decision)
     finally:
         os.chdir(cwd)
-    print(f"pipeline finished: {summary}")
+    print(f"pipeline finished: {rounded_summary(headline, intervals)}; "
+          f"{'promoted' if decision['promote'] else 'not promoted'}: {summary['gate']}")
     return summary
+
+
+def _publish_result(run: StageRun, summary: dict[str, Any], headline: dict[str, float],
+                    intervals: dict[str, list[float]], decision: dict[str, Any]) -> None:
+    """The flow run's artifacts: headline metrics with intervals, the gate, links (flows/artifacts.py)."""
+    uri = run.client.tracking_uri
+    links = [run_link(uri, run.experiment_id, run.run_id, "MLflow pipeline run")]
+    if summary["registered_model"]:
+        links.append(version_link(uri, summary["registered_model"], summary["registered_version"]))
+    facts = {k: summary[k] for k in ("data_version", "judge.test.agreement", "registered_model", "registered_version",
+                                     "champion", "dvc_remote") if summary.get(k) is not None}
+    markdown = result_markdown("focusdiff pipeline", headline, intervals, decision, links, facts)
+    publish("focusdiff-pipeline", markdown, headline, intervals, "headline metrics, the gate's decision, MLflow links")
 
 
 def _tag_children(run: StageRun, version: str) -> None:

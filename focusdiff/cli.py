@@ -232,9 +232,8 @@ def generate(
     device: str = "cpu",
 ) -> None:
     """Generate images for prompts with any loadable policy; writes PNGs and a grid."""
-    from rich.progress import Progress
-
     from focusdiff.errors import ConfigError
+    from focusdiff.progress import Reporter
 
     texts = list(prompts or [])
     if prompts_file is not None:
@@ -254,10 +253,9 @@ def generate(
                                   temperature=temperature, top_k=top_k, top_p=top_p)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    with Progress(console=console) as progress:
-        task = progress.add_task("generating", total=len(texts) * n)
+    with Reporter("generate", len(texts) * n, unit="images") as progress:
         generate_images(loaded, texts, out, images_per_prompt=n, seed=seed, sampling=sampling,
-                        batch_size=batch_size, on_batch=lambda k: progress.advance(task, k))
+                        batch_size=batch_size, on_batch=progress.advance)
     console.print(f"wrote {len(texts) * n} images and {out / 'grid.png'}")
 
 
@@ -354,7 +352,7 @@ def evaluate(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key: evaluate.seed=3)")] = None,
 ) -> None:
     """Generate, score and aggregate benchmarks for a policy; writes metrics/eval/<benchmark>.json."""
-    from rich.progress import Progress
+    from focusdiff.progress import Reporter
 
     from focusdiff.config import updated
 
@@ -366,9 +364,8 @@ def evaluate(
 
     registration = Registration.for_policy(loaded.train.metrics_dir / REGISTRATION_FILE, loaded.evaluate.policy)
     for name in benchmark:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"{name}: generating", total=None)
-            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=lambda n: bar.advance(task, n),
+        with Reporter(f"{name}: generating", None, unit="images") as progress:
+            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=progress.advance,
                                    registration=registration)
         table = Table(title=f"{name}: {loaded.evaluate.policy}")
         table.add_column("metric")
@@ -551,6 +548,9 @@ def _print_counts(counts: dict, title: str) -> None:
 
 
 def main() -> None:
+    from focusdiff.progress import log_to_stderr
+
+    log_to_stderr()  # progress lines when stderr is not a terminal (a redirected log, `dvc repro` in the pipeline)
     try:
         app()  # standalone: typer reports usage errors itself
     except FocusdiffError as exc:

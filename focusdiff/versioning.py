@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
@@ -23,21 +23,47 @@ class DvcError(FocusdiffError):
     """A dvc command failed; the message carries its output."""
 
 
-def dvc(*args: str, cwd: str | Path = ".", env: Mapping[str, str] | None = None) -> str:
-    cmd = [sys.executable, "-m", "dvc", *args]
+def _dvc_env(env: Mapping[str, str] | None) -> dict[str, str]:
     full_env = {**os.environ, **(env or {})}
     # Stage commands (`focusdiff ...`) must run from this environment, even when
     # its bin directory is not on PATH (python called by absolute path).
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    return full_env
+
+
+def _failed(args: tuple[str, ...], cwd: str | Path, code: int, output: str) -> DvcError:
+    tail = output.strip()[-4000:]
+    return DvcError(f"`dvc {' '.join(args)}` failed in {Path(cwd).resolve()} (exit {code}):\n{tail}")
+
+
+def dvc(*args: str, cwd: str | Path = ".", env: Mapping[str, str] | None = None) -> str:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_dvc_env(env), capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip()[-4000:]
-        raise DvcError(f"`dvc {' '.join(args)}` failed in {Path(cwd).resolve()} (exit {proc.returncode}):\n{tail}")
+        raise _failed(args, cwd, proc.returncode, proc.stdout + proc.stderr)
     return proc.stdout
 
 
-def repro(stage: str, cwd: str | Path = ".", env: Mapping[str, str] | None = None) -> str:
-    return dvc("repro", stage, cwd=cwd, env=env)
+def repro(stage: str, cwd: str | Path = ".", env: Mapping[str, str] | None = None,
+          on_line: Callable[[str], None] | None = None) -> str:
+    """`dvc repro <stage>`; returns its output. With `on_line`, every line the stage writes
+    (stdout and stderr, merged) is passed on as it comes, so a long stage's progress lines
+    reach the caller's log while it runs, not at its end."""
+    if on_line is None:
+        return dvc("repro", stage, cwd=cwd, env=env)
+    args = ("repro", stage)
+    # unbuffered: a stage's stdout lines would otherwise wait in its buffer until it exits
+    full_env = {**_dvc_env(env), "PYTHONUNBUFFERED": "1"}
+    lines: list[str] = []
+    with subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            on_line(line.rstrip("\n"))
+    output = "".join(lines)
+    if proc.returncode != 0:
+        raise _failed(args, cwd, proc.returncode, output)
+    return output
 
 
 def output_version(out: str | Path, cwd: str | Path = ".") -> str:

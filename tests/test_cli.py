@@ -89,3 +89,33 @@ def test_data_import_error_names_file_row_field(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"error: {pairs}, row 2, field 'prompt2'" in proc.stderr
     assert not out.exists()
+
+
+def test_redirected_stages_write_progress_lines_to_their_log(tmp_path):
+    """`focusdiff judge train` and `focusdiff train` with stderr redirected to a file (as in a
+    `dvc repro` the pipeline runs, or `... > log 2>&1`): timestamped progress lines, the first
+    and the last step at least, with the stage's key metric."""
+    import re
+
+    params = _small_params(tmp_path)
+    assert runner.invoke(app, ["data", "build", "--params", str(params)]).exit_code == 0
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    judge = ["--set", "judge.width=32", "--set", "judge.layers=1", "--set", "judge.heads=2", "--set", "judge.steps=3",
+             "--set", "judge.pairs_per_step=4", "--set", "judge.warmup_steps=1", "--set", "judge.threads=1",
+             "--set", "judge.min_accuracy=0"]
+    train = [f"--set=train.{s}" for s in ("judge.backend=exact", "judge.model=null", f"data={tmp_path / 'pairs'}", "steps=2",
+                                    "group_size=3", "items_per_micro_batch=1", "threads=1", "lr.warmup=1",
+                                    "curriculum.s1=1", "curriculum.s2=2", "curriculum.s3=3")]
+    for name, command in (("judge", ["judge", "train", *judge]), ("train", ["train", *train])):
+        log = tmp_path / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.run([FOCUSDIFF, *command, "--params", str(params)], stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=tmp_path, env=env)
+        text = log.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        steps = 3 if name == "judge" else 2
+        metric = "loss" if name == "judge" else "reward_mean"
+        for done in (1, steps):
+            assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {name}: {done}/{steps} steps \(\d+%\) \| [\d.]+ steps/s \| "
+                             rf"(ETA|done in) \w+ \| {metric} ", text, re.MULTILINE), text[-3000:]
+        assert "\x1b[" not in text  # no terminal bar's escape codes in a log

@@ -61,6 +61,7 @@ KNOWN_VIOLATIONS = {
     "flows.pipeline -> focusdiff.train.stage",
     "flows.pipeline -> focusdiff.versioning",
     "flows.promote -> focusdiff.registry.store",
+    "flows.promote -> focusdiff.tracking",
     "focusdiff.cli -> focusdiff.data.imports",
     "focusdiff.cli -> focusdiff.data.validate",
     "focusdiff.cli -> focusdiff.eval.stage",

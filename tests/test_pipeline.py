@@ -194,7 +194,38 @@ def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
     assert "Cache and remote 'local' are in sync." in proj.dvc("status", "--cloud").stdout
     assert "Data and pipelines are up to date." in proj.dvc("status").stdout
     _assert_registered_and_promoted(client, "focusdiff-shapes", summary, _runs(client))
+    _assert_progress_and_artifacts(str(state.state_details.flow_run_id), summary)
     _assert_dvc_surfaces(proj, summary)
+
+
+def _assert_progress_and_artifacts(flow_run_id: str, summary: dict[str, Any]) -> None:
+    """Read back from Prefect: the judge, train and evaluate tasks logged the stages' progress
+    lines while they ran, and the flow run published its result (rounded) as artifacts."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                                LogFilterFlowRunId)
+
+    with get_client(sync_client=True) as prefect:
+        for _ in range(30):  # logs reach the API in batches
+            messages = [log.message for log in prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+            if any(" train: 2/2 steps " in m for m in messages):
+                break
+            time.sleep(1)
+        for line in ("judge: 1/4 steps", "judge: 4/4 steps", "train: 1/2 steps", "train: 2/2 steps",
+                     "paircomp: generating: "):
+            assert any(line in m for m in messages), (line, messages[-40:])
+        artifacts = {a.key: a for a in prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+    assert {"focusdiff-pipeline", "focusdiff-pipeline-metrics"} <= set(artifacts), sorted(artifacts)
+    page = artifacts["focusdiff-pipeline"].data
+    assert re.search(r"^\| paircomp\.s_g \| [\d.]+ \| ", page, re.MULTILINE), page
+    assert "## Gate: promoted" in page and summary["mlflow_run_id"] in page
+    assert f"focusdiff-shapes v{summary['registered_version']}" in page and "mlflow ui --backend-store-uri" in page
+    assert not re.search(r"\d\.\d{5,}", page), page  # rounded for reading: no 16-digit floats
+    table = json.loads(artifacts["focusdiff-pipeline-metrics"].data)
+    assert {row["metric"] for row in table} >= {"paircomp.s_g", "paircomp.s_a"}
 
 
 def _assert_dvc_surfaces(proj: ProjectCopy, summary: dict[str, Any]) -> None:

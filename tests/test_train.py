@@ -212,10 +212,11 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     # 6 rollouts per prompt (4 when 2 ground truths are injected), of which the loss takes G = 4
     cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=3, grid_every=1, updates_per_batch=2, beta=0.1,
                                             rollouts_per_prompt=6))
-    logged, grids = [], []
+    logged, grids, progress = [], [], []
     result = train(cfg, ExactJudge(), log=lambda m, s: logged.append((s, m)), log_grid=lambda im, s: grids.append(s),
-                   progress=False)
+                   on_progress=lambda done, m: progress.append((done, m["train/reward_mean"])))
     assert result.out == cfg.out and [s for s, _ in logged] == [0, 1, 2] and grids == [0, 1, 2]
+    assert progress == [(s + 1, m["train/reward_mean"]) for s, m in logged]  # after every step, with its metrics
     first = logged[0][1]
     for key in ("train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction", "train/clip_fraction",
                 "train/lr", "train/grad_norm",
@@ -237,7 +238,7 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
 def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
     cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, expand_pair_groups=False, inject_ground_truth=False))
     logged = []
-    train(cfg, ExactJudge(), log=lambda m, s: logged.append(m), progress=False)
+    train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
     assert cfg.algorithm == "grpo" and logged[0]["train/injected_items"] == 0
 
 
@@ -292,7 +293,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     env = _env(tmp_path)
     from focusdiff.train.stage import write_metrics
 
-    write_metrics(load_recipe(one), train(load_recipe(one), ExactJudge(), progress=False))  # in-process: no start-up
+    write_metrics(load_recipe(one), train(load_recipe(one), ExactJudge()))  # in-process: no start-up
     launch = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
               str(29500 + os.getpid() % 1000), str(VENV_BIN / "focusdiff"), "train", "-c", str(two), "-p",
               str(tmp_path / "none.yaml")]
@@ -314,7 +315,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(world, t
     whole = _write(tmp_path / "whole.yaml", _config(world, tmp_path / "whole", **steps))
     killed = _write(tmp_path / "killed.yaml", _config(world, tmp_path / "killed", **steps))
     env, none = _env(tmp_path), str(tmp_path / "none.yaml")
-    train(load_recipe(whole), ExactJudge(), progress=False)
+    train(load_recipe(whole), ExactJudge())
     ckpts = tmp_path / "killed" / ".out.checkpoints"
     proc = subprocess.Popen(_cli("train", "-c", str(killed), "-p", none), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -358,16 +359,16 @@ def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
     # a judge that stops answering during step 3 (after the step-2 checkpoint): the run fails there
     per_step = 2 * 1 * 2 * 4  # micro-batches x items x prompts x G
     with pytest.raises(JudgeFailure, match="judge went away"):
-        train(cfg, _JudgeFailingAfter(2 * per_step), progress=False)
+        train(cfg, _JudgeFailingAfter(2 * per_step))
     [(step, path)] = checkpoint.step_dirs(cfg.checkpoints)
     assert step == 2
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: sha256 differs .*corrupt"):
-        train(cfg, ExactJudge(), progress=False)
+        train(cfg, ExactJudge())
     (path / "state.json").unlink()
     with pytest.raises(CheckpointError, match=r"state\.json: missing \(partial checkpoint\)"):
-        train(cfg, ExactJudge(), progress=False)
+        train(cfg, ExactJudge())
 
 
 # ----------------------------------------------------------------------------- recipes and launch configs

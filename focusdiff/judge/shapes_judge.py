@@ -52,7 +52,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,8 +418,10 @@ def train_judge(
     holdout: frozenset[tuple[str, str]],
     canvas: int = 32,
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    on_progress: Callable[[int, Mapping[str, float]], None] = lambda done, metrics: None,
 ) -> tuple[JudgeNet, Vocabulary, float]:
-    """Train from scratch; returns the model, its vocabulary and the training seconds."""
+    """Train from scratch; returns the model, its vocabulary and the training seconds.
+    `on_progress(steps done, the last logged metrics)` is called after every step."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -433,6 +435,7 @@ def train_judge(
     batches = training_batches(cfg, canvas, holdout, vocab)
     model.train()
     t0 = time.perf_counter()
+    logged: dict[str, float] = {}
     for step, batch in zip(range(cfg.steps), batches):
         lr = warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
@@ -459,8 +462,10 @@ def train_judge(
         opt.step()
         if step % cfg.log_every == 0 or step + 1 == cfg.steps:
             acc = float((logits.argmax(-1) == y).float().mean())
-            log({"judge/loss": loss.item(), "judge/answer_loss": answer_loss.item(), "judge/train_accuracy": acc, "judge/lr": lr,
-                 "judge/items_per_s": (step + 1) * len(y) / (time.perf_counter() - t0)}, step)
+            logged = {"judge/loss": loss.item(), "judge/answer_loss": answer_loss.item(), "judge/train_accuracy": acc,
+                      "judge/lr": lr, "judge/items_per_s": (step + 1) * len(y) / (time.perf_counter() - t0)}
+            log(logged, step)
+        on_progress(step + 1, logged)  # the metrics of the last logged step: no extra device sync per step
     model.eval()
     return model, vocab, time.perf_counter() - t0
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from focusdiff.config import Params
 from focusdiff.io import atomic_directory, atomic_write_json
+from focusdiff.progress import Reporter, metric_text
 from focusdiff.records import QualityGateError, file_hashes
 from focusdiff.tracking import StageRun
 
@@ -47,7 +48,9 @@ def run_judge_stage(params: Params, command: str = "focusdiff judge train") -> J
     test_items = dataset_items(params.data.out, "test")  # fail on a missing dataset before training
     logged = {"judge": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout), "data.out": str(params.data.out)}
     with StageRun(params.tracking, "judge", params=logged) as run:
-        model, vocab, seconds = train_judge(cfg, holdout, canvas, log=lambda m, step: run.log_metrics(m, step))
+        with Reporter("judge", cfg.steps, describe=lambda m: metric_text(m, ("judge/loss", "judge/train_accuracy"))) as progress:
+            model, vocab, seconds = train_judge(cfg, holdout, canvas, log=lambda m, step: run.log_metrics(m, step),
+                                                on_progress=progress.update)
         with atomic_directory(cfg.out) as tmp:
             save_judge(tmp, cfg, model, vocab, canvas)
             report = calibrate(ShapesJudge(tmp), test_items, canvas=canvas)

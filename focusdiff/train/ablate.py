@@ -85,6 +85,8 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                  eval_repeats: int = 1, log=lambda metrics, step: None) -> list[Cell]:
     from focusdiff.judge.select import build_judge
     from focusdiff.judge.spec import JudgeSpec
+    from focusdiff.progress import Reporter
+    from focusdiff.train.stage import step_summary
     from focusdiff.train.trainer import train
 
     if eval_repeats < 1:
@@ -111,7 +113,8 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
             else:
                 retrain = saved is None or not (cfg.out / "model.safetensors").is_file()
                 if retrain:
-                    train(cfg, build_judge(cfg.judge), progress=False)
+                    with Reporter(f"train {variant} seed {seed}", cfg.steps, describe=step_summary) as progress:
+                        train(cfg, build_judge(cfg.judge), on_progress=progress.update)
                     scores, missing = {}, list(wanted)
                 todo: dict[str, tuple[str, int]] = {}  # by key: with the exact checker as reward judge, one serves both
                 for w in missing:

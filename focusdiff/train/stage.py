@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from focusdiff.tracking_config import TrackingConfig
 from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
+from focusdiff.progress import Reporter, metric_text
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.registry.gate import GateConfig
 from focusdiff.registry.registration import REGISTRATION_FILE, Registration
@@ -49,7 +51,7 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
     # which MLflow run it logs to.
     trainer = Trainer(cfg, judge)
     if not state.is_main_process:
-        return trainer.train(progress=False)
+        return trainer.train()  # the main process reports progress
     from focusdiff.tracking import StageRun, end_abandoned_run, run_exists
 
     start = trainer.start
@@ -70,12 +72,14 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
                 run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, int(metrics["step"]))
         # train() raises (TrainingFailed) for a run over its dropped-item budget or with no
         # update at all: nothing below, registration included, happens for it
-        result = trainer.train(
-            log=lambda metrics, step: run.log_metrics(metrics, step),
-            log_grid=lambda image, step: run.log_image(image, f"train/pairs/step_{step:06d}.png"),
-            record={"command": command, "mlflow_run_id": run.run_id},
-            run_id=run.run_id,
-        )
+        with Reporter("train", cfg.steps, start=start.step, describe=step_summary) as progress:
+            result = trainer.train(
+                log=lambda metrics, step: run.log_metrics(metrics, step),
+                log_grid=lambda image, step: run.log_image(image, f"train/pairs/step_{step:06d}.png"),
+                on_progress=progress.update,
+                record={"command": command, "mlflow_run_id": run.run_id},
+                run_id=run.run_id,
+            )
         write_metrics(cfg, result)
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
         registration_file = cfg.metrics_dir / REGISTRATION_FILE
@@ -95,6 +99,13 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
             Registration.save_unregistered(registration_file)
         result.mlflow_run_id = run.run_id
         return result
+
+
+def step_summary(metrics: Mapping[str, float]) -> str:
+    """The step's reward and KL for the progress line, or why it made no update."""
+    if metrics and "train/reward_mean" not in metrics:
+        return f"no update: all {metrics['train/dropped_items']:.0f} items dropped"
+    return metric_text(metrics, ("train/reward_mean", "train/kl", "train/images_per_s"))
 
 
 def data_version(data: Path) -> str:

@@ -25,7 +25,7 @@ import math
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,8 @@ class Start:
 
 Logger = Callable[[dict[str, float], int], None]
 GridLogger = Callable[[Image.Image, int], None]
+# (steps done, that step's metrics), after every step on the main process (focusdiff/progress.py shows it)
+ProgressCallback = Callable[[int, Mapping[str, float]], None]
 
 
 def train(
@@ -195,12 +197,12 @@ def train(
     judge: Judge,
     log: Logger = lambda metrics, step: None,
     log_grid: GridLogger = lambda image, step: None,
-    progress: bool = True,
+    on_progress: ProgressCallback = lambda done, metrics: None,
     record: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `cfg.policy` with Pair-GRPO; resumes from `cfg.checkpoints` when it holds this
     run's checkpoint. Returns when `cfg.out` holds the trained policy (written atomically)."""
-    return Trainer(cfg, judge).train(log, log_grid, progress, record)
+    return Trainer(cfg, judge).train(log, log_grid, on_progress, record)
 
 
 class Trainer:
@@ -276,7 +278,7 @@ class Trainer:
         self,
         log: Logger = lambda metrics, step: None,
         log_grid: GridLogger = lambda image, step: None,
-        progress: bool = True,
+        on_progress: ProgressCallback = lambda done, metrics: None,
         record: dict[str, Any] | None = None,
         run_id: str | None = None,
     ) -> TrainResult:
@@ -291,7 +293,6 @@ class Trainer:
         if run_id is not None and accelerator.is_main_process:
             checkpoint.record_run(cfg.checkpoints, run_id)
 
-        bar = _progress(progress and accelerator.is_main_process, start, cfg.steps)
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
             timing = defaultdict(float)
@@ -374,7 +375,7 @@ class Trainer:
                     log(metrics, step)
                 if step % cfg.grid_every == 0 or step + 1 == cfg.steps:
                     log_grid(pair_grid(micro_batches[0]), step)
-                bar(step, metrics)
+                on_progress(step + 1, metrics)
             check_dropped_items(step, totals["dropped_items"], planned_items, cfg)
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable),
@@ -537,22 +538,3 @@ def save_policy(policy: Policy, cfg: GRPOConfig, state_dict: dict[str, torch.Ten
         atomic_write_json(tmp / "record.json", {**record, "config": cfg.model_dump(mode="json"), "files": file_hashes(tmp)})
     return cfg.out
 
-
-def _progress(enabled: bool, start: int, total: int) -> Callable[[int, dict[str, float]], None]:
-    if not enabled:
-        return lambda step, metrics: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[info]}"), transient=False)
-    task = bar.add_task("train", total=total, completed=start, info="")
-    bar.start()
-
-    def update(step: int, metrics: dict[str, float]) -> None:
-        info = (f"reward {metrics['train/reward_mean']:.3f} kl {metrics['train/kl']:.4f}" if "train/reward_mean" in metrics
-                else f"no update: all {metrics['train/dropped_items']:.0f} items dropped")
-        bar.update(task, completed=step + 1, info=info)
-        if step + 1 == total:
-            bar.stop()
-
-    return update

@@ -93,7 +93,7 @@ PER_STEP = 2 * 1 * 2 * 4  # images judged per step: micro-batches x items x prom
 def _stopped_after(cfg: GRPOConfig, steps: int) -> None:
     """Train until the judge goes away in step `steps` + 1, leaving the checkpoints of `steps` steps."""
     with pytest.raises(JudgeFailure, match="judge went away"):
-        train(cfg, _JudgeGoneAfter(steps * PER_STEP), progress=False)
+        train(cfg, _JudgeGoneAfter(steps * PER_STEP))
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -119,7 +119,7 @@ def test_resume_survives_judge_transport_changes_and_touched_weights(world, tmp_
     os.utime(weights, ns=(later, later))  # touched: same bytes, another modification time
     moved = _grpo(world, tmp_path, policy=policy, judge={"backend": "exact", "max_retries": 6, "max_concurrency": 2},
                   on_judge_failure="drop", keep_checkpoints=3, log_every=2)
-    result = train(moved, ExactJudge(), progress=False)
+    result = train(moved, ExactJudge())
     assert f"resuming from {cfg.checkpoints / 'step-00000002'}" in capsys.readouterr().out
     assert result.resumed_from == 2 and len(result.history) == 3
 
@@ -135,7 +135,7 @@ def test_another_runs_checkpoints_are_refused_naming_what_differs_then_moved_asi
     # another learning rate: refused, naming the field and the two ways on; nothing deleted
     other_lr = _grpo(world, tmp_path, policy=policy, lr={"peak": 2e-3, "warmup": 1, "mid_step": 2})
     with pytest.raises(FocusdiffError) as err:
-        train(other_lr, ExactJudge(), progress=False)
+        train(other_lr, ExactJudge())
     message = str(err.value)
     assert "config.lr.peak: 0.001 in the checkpoint, 0.002 now" in message
     assert "Nothing was resumed or deleted" in message and "another out" in message and "--restart" in message
@@ -150,7 +150,7 @@ def test_another_runs_checkpoints_are_refused_naming_what_differs_then_moved_asi
     save_file(tensors, policy / "model.safetensors", metadata={"format": "pt"})
     differs = r"policy\.model\.safetensors: [0-9a-f]{12}\.\.\. in the checkpoint, [0-9a-f]{12}\.\.\. now"
     with pytest.raises(FocusdiffError, match=differs):
-        train(cfg, ExactJudge(), progress=False)
+        train(cfg, ExactJudge())
     assert _tree(cfg.checkpoints) == kept
 
     # a checkpoint from before identities were recorded: its parameters are unknown
@@ -159,7 +159,7 @@ def test_another_runs_checkpoints_are_refused_naming_what_differs_then_moved_asi
     old_format = {k: v for k, v in saved.items() if k not in ("identity", "file_stats")} | {"fingerprint": "0" * 64}
     state_file.write_text(json.dumps(old_format))
     with pytest.raises(FocusdiffError, match=r"differences: unknown \(the checkpoint records no run"):
-        train(cfg, ExactJudge(), progress=False)
+        train(cfg, ExactJudge())
 
     # `focusdiff train --restart`: moved aside whole, never deleted, and the run starts over
     from typer.testing import CliRunner
@@ -222,7 +222,7 @@ def test_a_run_whose_judge_is_down_fails_logs_no_reward_and_is_not_registered(wo
 
 def test_trained_weights_get_the_same_mode_as_the_other_files(world, tmp_path):
     cfg = _grpo(world, tmp_path, steps=1)
-    train(cfg, ExactJudge(), progress=False)
+    train(cfg, ExactJudge())
     modes = {p.name: p.stat().st_mode & 0o777 for p in cfg.out.iterdir()}
     assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~_umask(), modes
 
@@ -247,7 +247,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_without_torchs_unsafe_a
     state["files"]["optimizer-rank0.pt"] = hashlib.sha256(shard.read_bytes()).hexdigest()  # as if written so
     (path / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError) as err:
-        train(cfg, ExactJudge(), progress=False)
+        train(cfg, ExactJudge())
     message = str(err.value)
     assert f"{shard}: refused, not loaded: it is not a plain tensor/optimizer state" in message
     assert "Opaque" in message and "weights_only" not in message and "trust" not in message
