@@ -462,10 +462,15 @@ class MlflowServer:
     process: ManagedProcess = field(repr=False)
 
     def client(self) -> Any:
-        """An ``MlflowClient`` bound to this server."""
+        """An ``MlflowClient`` bound to this server, its registry included.
+
+        The registry URI is given too: otherwise the client takes the process-wide one, which
+        an earlier in-process stage (register_policy calls ``mlflow.set_registry_uri``) may
+        have pointed at another project's sqlite store.
+        """
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 
 @contextlib.contextmanager
