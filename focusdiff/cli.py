@@ -456,7 +456,7 @@ def judge_train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Train the ShapesWorld reward judge; writes judge.out if it agrees with the exact checker on the test pairs."""
-    from focusdiff.judge.stage import run_judge_stage
+    from focusdiff.stages.judge import run_judge_stage
 
     result = run_judge_stage(_params(params, set_, example_block="judge"))
     m = result.metrics
@@ -492,7 +492,7 @@ def judge_report(
     backend: JudgeBackendOpt = "exact",
     model: JudgeModelOpt = None,
     pairs_per_category: Annotated[int, typer.Option(min=1, help="held-out ShapesWorld pairs per category")] = 50,
-    seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: judge.report.DEFAULT_SEED)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: focusdiff.judge.report.DEFAULT_SEED)")] = None,
     canvas: int = 32,
     data: Annotated[Optional[Path], typer.Option(help="calibrate on this dataset's pairs instead of sampled ones")] = None,
     split: Annotated[str, typer.Option(help="with --data: the split")] = "test",
@@ -500,29 +500,9 @@ def judge_report(
         help="judge this policy's own samples (labelled by the exact checker) instead of renders")] = None,
 ) -> None:
     """Calibrate a judge on held-out ShapesWorld pairs: accuracy, AUROC, agreement with the exact checker."""
-    from focusdiff.judge.report import DEFAULT_SEED, calibrate, calibration_report, dataset_items, policy_items
-    from focusdiff.judge.server import make_backend
+    from focusdiff.stages.judge_report import judge_report as calibrate_judge
 
-    if policy is not None and data is not None:
-        from focusdiff.errors import ConfigError
-
-        raise ConfigError("--policy and --data are exclusive: the images are either a policy's samples or the dataset's")
-    judge = make_backend(backend, model)
-    if policy is not None:
-        from focusdiff.model.loading import load_policy
-
-        seed = DEFAULT_SEED if seed is None else seed
-        loaded = load_policy(policy)
-        report = calibrate(judge, policy_items(loaded, pairs_per_category, seed), pairs_per_category, seed, canvas)
-        source = (f"{policy}'s samples (CFG {loaded.guidance_scale:g}), {pairs_per_category} pairs x "
-                  f"{len(report.by_category)} categories x 4 items, seed {seed}; labels from the exact checker")
-    elif data is not None:
-        report = calibrate(judge, dataset_items(data, split), canvas=canvas)
-        source = f"{data} ({split} split) x 4 items"
-    else:
-        seed = DEFAULT_SEED if seed is None else seed
-        report = calibration_report(judge, pairs_per_category, seed, canvas)
-        source = f"{pairs_per_category} pairs x {len(report.by_category)} categories x 4 items, {canvas}px, seed {seed}"
+    report, source = calibrate_judge(backend, model, pairs_per_category, seed, canvas, data, split, policy)
     title = f"judge {backend}{f' ({model})' if model else ''}: {source}"
     table = Table(title=title)
     table.add_column("category")
