@@ -18,9 +18,6 @@ from focusdiff.judge.exact import ExactJudge
 from focusdiff.judge.report import (DEFAULT_SEED, CalibrationReport, _Items, calibrate, calibration_report,
                                     dataset_items)
 from focusdiff.judge.server import make_backend
-from focusdiff.model.loading import load_policy
-from focusdiff.model.quality import draw_pairs
-from focusdiff.model.sampling import SamplingConfig
 from focusdiff.shapes.accuracy import sample_pairs
 
 
@@ -28,6 +25,10 @@ def policy_items(policy, pairs_per_category: int, seed: int = DEFAULT_SEED, samp
     """Four items per pair, as `calibration_items`, but the images are the policy's own samples
     (image k drawn with seed + k) and the labels are the exact checker's reading of them. The
     judge is then measured where Pair-GRPO uses it: on what the policy draws, not on renders."""
+    # torch only here: a report on renders or a dataset does not load the model code
+    from focusdiff.model.quality import draw_pairs
+    from focusdiff.model.sampling import SamplingConfig
+
     sampling = sampling or SamplingConfig(cfg_weight=policy.guidance_scale)
     pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
     sides = [(pair, own, partner) for pair in pairs for own, partner in ((pair.prompt1, pair.prompt2), (pair.prompt2, pair.prompt1))]
@@ -49,6 +50,8 @@ def judge_report(backend: str, model: str | None, pairs_per_category: int, seed:
         raise ConfigError("--policy and --data are exclusive: the images are either a policy's samples or the dataset's")
     judge = make_backend(backend, model)
     if policy is not None:
+        from focusdiff.model.loading import load_policy
+
         seed = DEFAULT_SEED if seed is None else seed
         loaded = load_policy(policy)
         report = calibrate(judge, policy_items(loaded, pairs_per_category, seed), pairs_per_category, seed, canvas)
