@@ -233,6 +233,25 @@ class ProjectCopy:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
+SHIPPED_STAGES = ("bootstrap_vq", "bootstrap_lm")
+
+
+@functools.cache
+def check_shipped_stages_locked(source: Path) -> None:
+    """Fail at once when dvc.lock does not match the code the shipped bootstrap stages depend on.
+
+    Otherwise every project copy's `dvc repro` silently retrains them (an hour on 2 cores) and
+    the suite runs past CI's limit instead of failing. Cached: one `dvc status` per session.
+    """
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", *SHIPPED_STAGES],
+                            cwd=source, capture_output=True, text=True)
+    if result.returncode != 0 or "changed" in result.stdout:
+        raise RuntimeError(
+            f"dvc.lock in {source} is stale for the shipped stages {SHIPPED_STAGES}: "
+            f"`dvc status` printed:\n{result.stdout}{result.stderr}\n"
+            "If their outputs are unchanged, run `dvc commit -f bootstrap_vq bootstrap_lm` and commit dvc.lock.")
+
+
 def make_project(
     dest: Path,
     *,
@@ -257,6 +276,7 @@ def make_project(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / rel, target)
     if with_lock and (source / "dvc.lock").is_file():
+        check_shipped_stages_locked(source)
         shutil.copy2(source / "dvc.lock", dest / "dvc.lock")
     home = dest.parent / f"{dest.name}-home"
     proj = ProjectCopy(root=dest, env=project_env(home, env_extra))
