@@ -17,7 +17,7 @@ import torch
 
 from focusdiff.config import ShapesDataConfig
 from focusdiff.eval.configs import EvalConfig
-from focusdiff.eval.stage import run_paircomp
+from focusdiff.eval.orchestrate import run_paircomp
 from focusdiff.model.loading import load_policy
 from focusdiff.shapes.build import build_shapes_dataset
 

@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish, result_markdown, rounded_summary, run_link, version_link
 from focusdiff.config import load_params
-from focusdiff.eval.stage import BENCHMARKS, run_benchmark
 from focusdiff.progress import Reporter
-from focusdiff.registry.registration import Registration
+from focusdiff.stages.evaluate import BENCHMARKS, Registration, download_registered_version, run_benchmark
+from focusdiff.stages.promote import registry_uri
 
 # Transient failures only: downloading a model from the object store can hiccup; a benchmark
 # that fails deterministically must not be re-run (its judge client retries on its own).
@@ -29,29 +28,8 @@ _DOWNLOAD_RETRIES = 3
 
 @task(name="registry: download model version", retries=_DOWNLOAD_RETRIES, retry_delay_seconds=[2, 10, 30])
 def download_version(project_dir: str, model_name: str, version: str) -> Registration:
-    import mlflow
-    from mlflow import MlflowClient
-
-    from focusdiff.registry.store import find_version
-    from focusdiff.tracking import tracking_uri
-
-    params = load_params(Path(project_dir) / "params.yaml")
-    uri = tracking_uri(params.tracking)
-    client = MlflowClient(uri, registry_uri=uri)
-    mv = find_version(params.promote.model_copy(update={"model_name": model_name}), params.tracking, version, client)
-    target = Path(project_dir) / "outputs" / "registry" / f"{model_name}-v{mv.version}"
-    mlflow.set_registry_uri(uri)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}", dst_path=str(target),
-                                                tracking_uri=uri)
-    # The pyfunc model's MLmodel maps the artifact key to where MLflow put it (artifacts/<source dir name>).
-    mlmodel = yaml.safe_load((Path(local) / "MLmodel").read_text("utf-8"))
-    entry = ((mlmodel.get("flavors") or {}).get("python_function") or {}).get("artifacts", {}).get("policy")
-    if not entry:
-        raise FileNotFoundError(f"{model_name} v{mv.version}: its MLmodel has no `policy` artifact ({Path(local) / 'MLmodel'})")
-    policy = Path(local) / entry["path"]
-    if not (policy / "config.json").is_file():
-        raise FileNotFoundError(f"{model_name} v{mv.version}: no policy checkpoint at {policy}")
-    return Registration(model_name=model_name, version=str(mv.version), run_id=mv.run_id, policy=str(policy))
+    """The version's policy, downloaded from the registry (focusdiff/stages/evaluate.py)."""
+    return download_registered_version(load_params(Path(project_dir) / "params.yaml"), project_dir, model_name, version)
 
 
 @task(name="evaluate: benchmark")
@@ -106,9 +84,7 @@ def _publish_result(params, registration: Registration, evaluated: dict[str, dic
     intervals, what failed, links to the benchmarks' MLflow runs and to the version."""
     from mlflow import MlflowClient
 
-    from focusdiff.tracking import tracking_uri
-
-    uri = tracking_uri(params.tracking)
+    uri = registry_uri(params)
     client = MlflowClient(uri)
     links = [run_link(uri, client.get_run(e["mlflow_run_id"]).info.experiment_id, e["mlflow_run_id"], f"MLflow run {b}")
              for b, e in evaluated.items()]

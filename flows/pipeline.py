@@ -20,7 +20,6 @@ with the `focusdiff-evaluate` flow, whose benchmarks run as parallel tasks.)
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,15 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish, result_markdown, rounded_summary, run_link, version_link
-from focusdiff.config import load_params
-from focusdiff.stages.data import log_dataset_summary
-from focusdiff.eval.stage import BENCHMARKS
 from focusdiff.errors import ConfigError
 from focusdiff.redact import redact_urls
-from focusdiff.registry.registration import REGISTRATION_FILE, Registration
-from focusdiff.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, StageRun, prefect_flow_run_id
-from focusdiff.versioning import default_remote, output_version, push, repro
+from focusdiff.stages.cluster import train_on_cluster as run_training_on_cluster
+from focusdiff.stages.data import log_dataset_summary
+from focusdiff.stages.evaluate import BENCHMARKS, Registration
+from focusdiff.stages.orchestration import (PipelineRun, dvc_remote, dvc_version, flow_run_id, pipeline_run,
+                                            project_params, push_outputs, read_json, registration_written,
+                                            repro_and_read, repro_as_child)
+from focusdiff.stages.promote import champion_version
 
 # Transient failures only: a DVC remote (object store) hiccup is worth retrying,
 # a deterministic stage failure is not.
@@ -43,46 +43,36 @@ _PUSH_RETRIES = 3
 
 
 def _repro_as_child(stage: str, project_dir: str, pipeline_run_id: str) -> None:
-    """`dvc repro <stage>`; the stage's MLflow run nests under the pipeline run and
-    carries the flow-run id. Its output is logged line by line as it runs: a long stage's
-    progress lines (focusdiff/progress.py) show in the task's log and the Prefect UI."""
-    env = {PARENT_RUN_ENV: pipeline_run_id, FLOW_RUN_ENV: str(prefect_flow_run_id() or "")}
-    log = get_run_logger()
-    out = repro(stage, cwd=project_dir, env=env, on_line=lambda line: log.info(line) if line.strip() else None)
-    if not out.strip():
-        log.info(f"dvc repro {stage}: done")
+    """`dvc repro <stage>` as a child of the pipeline run, its output in the task's log."""
+    repro_as_child(stage, project_dir, pipeline_run_id, get_run_logger().info)
+
+
+def _repro_and_read(stage: str, project_dir: str, pipeline_run_id: str, written) -> dict[str, Any]:
+    return repro_and_read(stage, project_dir, pipeline_run_id, get_run_logger().info, written)
 
 
 @task(name="data: version with DVC")
 def version_data(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro data` (builds or imports the dataset, tracked as a child run), then read its version."""
-    params = load_params(Path(project_dir) / "params.yaml")
+    params = project_params(project_dir)
     _repro_as_child("data", project_dir, pipeline_run_id)
-    version = output_version(params.data.out, cwd=project_dir)
+    version = dvc_version(project_dir, params.data.out)
     get_run_logger().info("dataset %s version %s", params.data.out, version)
     return {"out": str(params.data.out), "version": version}
 
 
 @task(name="dvc: push to remote", retries=_PUSH_RETRIES, retry_delay_seconds=[2, 10, 30])
 def push_data(project_dir: str, targets: list[str] | None = None) -> str | None:
-    remote = default_remote(project_dir)
+    remote = dvc_remote(project_dir)
     if remote is None:
         get_run_logger().warning("no DVC remote configured: outputs are versioned locally only")
         return None
-    push(targets or ["data"], cwd=project_dir)
+    push_outputs(project_dir, targets or ["data"])
     return remote
 
 
 # The headline numbers the pipeline run and its summary show, per benchmark file.
 HEADLINE = ("s_g", "s_a", "overall", "mean_of_categories")
-
-
-def champion_version(params) -> str | None:
-    """The version the `champion` alias points at now, or None when there is none yet."""
-    from focusdiff.registry.store import champion
-
-    current = champion(params.promote, params.tracking)
-    return None if current is None else str(current.version)
 
 
 BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_lm")
@@ -92,52 +82,42 @@ BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_lm")
 def bootstrap(project_dir: str, pipeline_run_id: str) -> dict[str, str]:
     """`dvc repro` the bootstrap stages: up to date (the shipped weights) unless their code
     or parameters changed, in which case they retrain here (minutes on a GPU, hours on CPU)."""
-    params = load_params(Path(project_dir) / "params.yaml")
+    params = project_params(project_dir)
     for stage in BOOTSTRAP_STAGES:
         _repro_as_child(stage, project_dir, pipeline_run_id)
-    vq_record = json.loads((Path(project_dir) / params.bootstrap.vq.out / "record.json").read_text("utf-8"))
-    lm_record = json.loads((Path(project_dir) / params.bootstrap.lm.out / "record.json").read_text("utf-8"))
+    vq_record = read_json(project_dir, params.bootstrap.vq.out / "record.json")
+    lm_record = read_json(project_dir, params.bootstrap.lm.out / "record.json")
     return {"bootstrap.vq.path": str(params.bootstrap.vq.out),
             "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"],
             "bootstrap.lm.path": str(params.bootstrap.lm.out),
             "bootstrap.lm.sha256": lm_record["files"]["model.safetensors"]}
 
 
-def _read_json(project_dir: str, path: Path) -> dict[str, Any]:
-    return json.loads((Path(project_dir) / path).read_text("utf-8"))
-
-
 @task(name="judge: train the reward judge")
 def judge(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro judge`: trains only when its code, parameters or the dataset changed."""
-    params = load_params(Path(project_dir) / "params.yaml")
-    _repro_as_child("judge", project_dir, pipeline_run_id)
-    return _read_json(project_dir, params.judge.metrics)
+    return _repro_and_read("judge", project_dir, pipeline_run_id, lambda params: params.judge.metrics)
 
 
 @task(name="train: Pair-GRPO")
 def train(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro train`: trains from the base and registers the policy (alias challenger)."""
-    params = load_params(Path(project_dir) / "params.yaml")
-    _repro_as_child("train", project_dir, pipeline_run_id)
-    return {"train": _read_json(project_dir, params.train.metrics_dir / "train.json"),
-            "registration": Registration.load(Path(project_dir) / params.train.metrics_dir / REGISTRATION_FILE)}
+    trained = _repro_and_read("train", project_dir, pipeline_run_id, lambda params: params.train.metrics_dir / "train.json")
+    return {"train": trained, "registration": registration_written(project_dir, project_params(project_dir))}
 
 
 @task(name="evaluate: benchmark")
 def evaluate(project_dir: str, pipeline_run_id: str, benchmark: str) -> dict[str, Any]:
     """`dvc repro evaluate@<benchmark>`: its status and numbers land on the registered version."""
-    params = load_params(Path(project_dir) / "params.yaml")
-    _repro_as_child(f"evaluate@{benchmark}", project_dir, pipeline_run_id)
-    return _read_json(project_dir, params.evaluate.metrics_dir / f"{benchmark}.json")
+    return _repro_and_read(f"evaluate@{benchmark}", project_dir, pipeline_run_id,
+                           lambda params: params.evaluate.metrics_dir / f"{benchmark}.json")
 
 
 @task(name="promote: the gate")
 def promote(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro promote`: champion moves only on a PairComp s_g win with complete evidence."""
-    params = load_params(Path(project_dir) / "params.yaml")
-    _repro_as_child("promote", project_dir, pipeline_run_id)
-    return _read_json(project_dir, params.evaluate.metrics_dir / "promotion.json")
+    return _repro_and_read("promote", project_dir, pipeline_run_id,
+                           lambda params: params.evaluate.metrics_dir / "promotion.json")
 
 
 @task(name="train: PyTorchJob on Kubernetes")
@@ -145,24 +125,18 @@ def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) 
     """Submit (or, after a worker restart, adopt) this flow run's training job, wait for it, and
     return the version it registered. No task retries: a failed job is deterministic, and a
     retried flow run adopts its running job instead of training twice."""
-    from focusdiff.registry.store import registered_by_flow_run
-    from focusdiff.train.pytorchjob import run_training_job
-    from focusdiff.train.stage import DATA_VERSION_ENV
-
-    params = load_params(Path(project_dir) / "params.yaml")
-    flow_run_id = prefect_flow_run_id()
-    if not flow_run_id:
+    params = project_params(project_dir)
+    run_id = flow_run_id()
+    if not run_id:
         raise RuntimeError("train_on_cluster runs inside a Prefect flow run: its id names and labels the job")
     log = get_run_logger()
-    run_training_job(params.cluster.pytorchjob, str(flow_run_id),
-                     env={FLOW_RUN_ENV: str(flow_run_id), PARENT_RUN_ENV: pipeline_run_id, DATA_VERSION_ENV: data_version},
-                     log=log.info)
-    registration = registered_by_flow_run(params.promote, params.tracking, str(flow_run_id))
+    registration = run_training_on_cluster(params, str(run_id), log=log.info, pipeline_run_id=pipeline_run_id,
+                                           data_version=data_version)
     log.info("the job registered %s v%s", registration.model_name, registration.version)
     return registration
 
 
-def _embedded(project: str, run: StageRun) -> dict[str, Any]:
+def _embedded(project: str, run: PipelineRun) -> dict[str, Any]:
     """bootstrap -> judge -> train -> evaluate x4 -> promote, each through `dvc repro`."""
     base = bootstrap(project, run.run_id)
     run.set_tags(base)
@@ -178,7 +152,7 @@ def _embedded(project: str, run: StageRun) -> dict[str, Any]:
             "decision": decision}
 
 
-def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: str) -> dict[str, Any]:
+def _on_cluster(project: str, run: PipelineRun, remote: str | None, data_version: str) -> dict[str, Any]:
     """train as a PyTorchJob -> evaluate the registered version -> promote it (subflows)."""
     from flows.evaluate import evaluate_version
     from flows.promote import promote_flow
@@ -197,11 +171,11 @@ def _on_cluster(project: str, run: StageRun, remote: str | None, data_version: s
 @flow(name="focusdiff-pipeline", log_prints=True)
 def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, Any]:
     project = Path(project_dir).resolve()
-    params = load_params(project / "params.yaml")
+    params = project_params(project)
     cwd = os.getcwd()
     os.chdir(project)  # relative paths in params.yaml (sqlite, artifacts, data) are project-relative
     try:
-        with StageRun(params.tracking, "pipeline", params=params.model_dump(mode="json", by_alias=True)) as run:
+        with pipeline_run(params) as run:
             data = version_data(str(project), run.run_id)
             remote = push_data(str(project)) if push else None
             log_dataset_summary(run, Path(data["out"]), version=data["version"])
@@ -238,7 +212,7 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
     return summary
 
 
-def _publish_result(run: StageRun, summary: dict[str, Any], headline: dict[str, float],
+def _publish_result(run: PipelineRun, summary: dict[str, Any], headline: dict[str, float],
                     intervals: dict[str, list[float]], decision: dict[str, Any]) -> None:
     """The flow run's artifacts: headline metrics with intervals, the gate, links (flows/artifacts.py)."""
     uri = run.client.tracking_uri
@@ -251,7 +225,7 @@ def _publish_result(run: StageRun, summary: dict[str, Any], headline: dict[str, 
     publish("focusdiff-pipeline", markdown, headline, intervals, "headline metrics, the gate's decision, MLflow links")
 
 
-def _tag_children(run: StageRun, version: str) -> None:
+def _tag_children(run: PipelineRun, version: str) -> None:
     """Stamp the data version on the child runs this pipeline started."""
     children = run.client.search_runs(
         [run.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'"

@@ -6,8 +6,6 @@ functions. Errors the user can fix are printed as one clear message (exit 2).
 
 from __future__ import annotations
 
-import json
-
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -68,12 +66,11 @@ def data_import(
     max_image_pixels: int = 64_000_000,
 ) -> None:
     """Import FocusDiff-Data pairs into a canonical dataset directory (atomic)."""
-    from focusdiff.data.imports import import_dataset
+    from focusdiff.stages.tools import import_pairs
 
-    report = import_dataset(
-        pairs_file, out, unpaired_file=unpaired, fmt=fmt, val_fraction=val_fraction,
-        test_fraction=test_fraction, max_image_pixels=max_image_pixels, drop_duplicates=drop_duplicates,
-    )
+    report = import_pairs(pairs_file, out, unpaired_file=unpaired, fmt=fmt, val_fraction=val_fraction,
+                          test_fraction=test_fraction, max_image_pixels=max_image_pixels,
+                          drop_duplicates=drop_duplicates)
     console.print(report.model_dump_json(indent=2))
 
 
@@ -83,9 +80,9 @@ def data_validate(
     max_image_pixels: int = 64_000_000,
 ) -> None:
     """Check every record and image of a dataset; print its statistics."""
-    from focusdiff.data.validate import validate_dataset
+    from focusdiff.stages.tools import validate_pairs
 
-    report = validate_dataset(root, max_image_pixels=max_image_pixels)
+    report = validate_pairs(root, max_image_pixels=max_image_pixels)
     console.print(report.model_dump_json(indent=2))
 
 
@@ -96,9 +93,9 @@ def checker_report(
     seed: int = 0,
 ) -> None:
     """Measure the exact checker's clause accuracy on clean and perturbed renders."""
-    from focusdiff.shapes.accuracy import checker_accuracy
+    from focusdiff.stages.tools import checker_report as measure_checker
 
-    results = checker_accuracy(pairs_per_category, canvas, seed)
+    results = measure_checker(pairs_per_category, canvas, seed)
     title = f"exact checker: {pairs_per_category} pairs x 6 categories, {canvas}px, seed {seed}"
     table = Table(title=title)
     for col in ("condition", "clauses", "accuracy", "gate", "ms/image"):
@@ -127,19 +124,10 @@ def shapes_render(
     seed: int = 0,
 ) -> None:
     """Render one ground-truth image for a caption (unsaid attributes sampled)."""
-    import numpy as np
+    from focusdiff.stages.tools import render_caption
 
-    from focusdiff.io import atomic_write_bytes
-    from focusdiff.shapes.generate import ShapesSampler
-    from focusdiff.shapes.grammar import parse_caption
-    from focusdiff.shapes.render import render_pil
-    import io
-
-    scene = ShapesSampler(canvas, np.random.default_rng(seed)).realize(parse_caption(caption))
-    buf = io.BytesIO()
-    render_pil(scene).save(buf, format="PNG")
-    atomic_write_bytes(out, buf.getvalue())
-    console.print(f"wrote {out}: {scene.to_dict()}")
+    scene = render_caption(caption, out, canvas, seed)
+    console.print(f"wrote {out}: {scene}")
 
 
 @bootstrap_app.command("vq")
@@ -182,24 +170,20 @@ def bootstrap_report(
     """Measure how well a policy draws ShapesWorld prompts (sampled, read by the exact checker).
     With the defaults this repeats the bootstrap_lm stage's measurement (its record's figures).
     Also: how local its image tokenizer is (tokens vs pixel blocks a pair's edit changes)."""
-    from focusdiff.model.loading import load_policy
-    from focusdiff.model.quality import edit_locality, policy_quality
-    from focusdiff.model.sampler import SamplingConfig
-    from focusdiff.shapes.accuracy import sample_pairs
+    from focusdiff.stages.tools import policy_quality, tokenizer_locality
 
     if pairs_per_category is None or cfg_weight is None:
         lm = _params(params).bootstrap.lm
         pairs_per_category = pairs_per_category or lm.eval_pairs_per_category
         cfg_weight = lm.cfg_weight if cfg_weight is None else cfg_weight
-    loaded = load_policy(policy)
-    report = policy_quality(loaded, pairs_per_category, seed, SamplingConfig(cfg_weight=cfg_weight))
+    loaded, report = policy_quality(policy, pairs_per_category, seed, cfg_weight)
     rows = [(cat, f"{acc:.1%}", f"{report.pair_by_category[cat]:.1%}") for cat, acc in report.by_category.items()]
     console.print(_category_table(f"{policy}: {report.images} images, {pairs_per_category} pairs per category, seed {seed}",
                                   ("images right", "pairs right"),
                                   rows + [("all", f"{report.image_accuracy:.1%}", f"{report.pair_accuracy:.1%}")]))
     console.print(f"single-object prompts right: {report.single_object_accuracy:.1%}; "
                   f"clause accuracy: {report.clause_accuracy:.1%}")
-    locality = edit_locality(loaded, sample_pairs(pairs_per_category, loaded.image_size, seed))
+    locality = tokenizer_locality(loaded, pairs_per_category, seed)
     console.print(_category_table(
         f"the image tokenizer: what a pair's edit changes, of {locality.tokens} (mean per pair)", ("pixel blocks", "tokens"),
         [(cat, f"{locality.blocks_changed[cat]:.1f}", f"{changed:.1f}") for cat, changed in locality.tokens_changed.items()]))
@@ -243,19 +227,13 @@ def generate(
             raise ConfigError(f"{prompts_file}: cannot read prompts: {exc}") from None
     if not texts:
         raise ConfigError("no prompts: pass them as arguments or with --prompts-file")
-    from focusdiff.model.generate import generate_images  # torch: only once the arguments are valid
-    from focusdiff.model.loading import load_policy
-    from focusdiff.model.sampler import SamplingConfig
+    # torch: only once the arguments are valid
+    from focusdiff.stages.tools import generate as generate_images, load_for_generation
 
-    loaded = load_policy(policy, device=device)
-    try:
-        sampling = SamplingConfig(cfg_weight=loaded.guidance_scale if cfg_weight is None else cfg_weight,
-                                  temperature=temperature, top_k=top_k, top_p=top_p)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    loaded, sampling = load_for_generation(policy, device, cfg_weight, temperature, top_k, top_p)
     with Reporter("generate", len(texts) * n, unit="images") as progress:
-        generate_images(loaded, texts, out, images_per_prompt=n, seed=seed, sampling=sampling,
-                        batch_size=batch_size, on_batch=progress.advance)
+        generate_images(loaded, sampling, texts, out, images_per_prompt=n, seed=seed, batch_size=batch_size,
+                        on_batch=progress.advance)
     console.print(f"wrote {len(texts) * n} images and {out / 'grid.png'}")
 
 
@@ -270,19 +248,9 @@ def train(
 ) -> None:
     """Pair-GRPO (or vanilla GRPO) training; resumes from its last checkpoint. Also runs under
     `accelerate launch` / torchrun for DDP and DeepSpeed (configs in infra/accelerate/)."""
-    from focusdiff.config import TrackingConfig, load_recipe, parse_overrides, updated, within
+    from focusdiff.stages.train import run_train_stage, train_inputs
 
-    if config is not None:
-        cfg = load_recipe(config, within("train", parse_overrides(set_), f"the recipe {config}"))
-        project = _params(params) if params.is_file() else None
-        tracking, registry = (project.tracking, project.promote) if project else (TrackingConfig(), None)
-    else:
-        loaded = _params(params, set_)
-        cfg, tracking, registry = loaded.train, loaded.tracking, loaded.promote
-    if restart:
-        cfg = updated(cfg, restart=True)
-    from focusdiff.train.stage import run_train_stage
-
+    cfg, tracking, registry = train_inputs(params, config, set_, restart)
     result = run_train_stage(cfg, tracking, command="focusdiff train", registry=registry)
     if result.out is not None:
         console.print(f"{cfg.algorithm}: {result.steps} steps (resumed from {result.resumed_from}); wrote {result.out}")
@@ -299,18 +267,12 @@ def submit_training(
     the end, and print the version it registered (the pipeline's train task, outside Prefect)."""
     import uuid
 
-    from focusdiff.registry.store import registered_by_flow_run
-    from focusdiff.tracking import FLOW_RUN_ENV
-    from focusdiff.train.pytorchjob import run_training_job
-
-    from focusdiff.config import updated
+    from focusdiff.stages.cluster import train_on_cluster
 
     loaded = _params(params)
-    job = updated(loaded.cluster.pytorchjob, nodes=nodes) if nodes else loaded.cluster.pytorchjob
     run_id = run_id or str(uuid.uuid4())
     console.print(f"run id {run_id} (re-attach with --run-id {run_id})")
-    run_training_job(job, run_id, env={FLOW_RUN_ENV: run_id}, log=console.print)
-    registration = registered_by_flow_run(loaded.promote, loaded.tracking, run_id)
+    registration = train_on_cluster(loaded, run_id, log=console.print, nodes=nodes)
     console.print(f"registered {registration.model_name} v{registration.version} ({registration.model_uri})")
 
 
@@ -325,21 +287,9 @@ def ablate(
 ) -> None:
     """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
     over seeds; PairComp s_a/s_g by the reward judge and by the exact checker."""
-    from focusdiff.errors import ConfigError
-    from focusdiff.tracking import StageRun
-    from focusdiff.train.ablate import VARIANTS, markdown, run_ablation
+    from focusdiff.stages.ablate import run_ablate_stage
 
-    unknown = sorted(set(variant or []) - set(VARIANTS))
-    if unknown:
-        raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    loaded = _params(params, set_)
-    with StageRun(loaded.tracking, "ablate", params={"train": loaded.train.model_dump(mode="json"), "seeds": seeds,
-                                                       "eval_repeats": eval_repeats}) as run:
-        cells = run_ablation(loaded, seeds, out, variant, eval_repeats, log=lambda m, step: run.log_metrics(m, step))
-        text = markdown(cells)
-        (out / "table.md").write_text(text + "\n", "utf-8")
-        run.log_artifact(out / "table.md", "ablate")
-        run.log_artifact(out / "ablation.json", "ablate")
+    text = run_ablate_stage(params, seeds, out, variant, eval_repeats, set_)
     console.print(text)
     console.print(f"wrote {out / 'ablation.json'}")
 
@@ -359,10 +309,9 @@ def evaluate(
     loaded = _params(params, set_, example_block="evaluate")
     if policy is not None:
         loaded = updated(loaded, evaluate=updated(loaded.evaluate, policy=policy))
-    from focusdiff.eval.stage import run_benchmark
-    from focusdiff.registry.registration import REGISTRATION_FILE, Registration
+    from focusdiff.stages.evaluate import registration_of_policy, run_benchmark
 
-    registration = Registration.for_policy(loaded.train.metrics_dir / REGISTRATION_FILE, loaded.evaluate.policy)
+    registration = registration_of_policy(loaded)
     for name in benchmark:
         with Reporter(f"{name}: generating", None, unit="images") as progress:
             result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=progress.advance,
@@ -390,18 +339,12 @@ def promote_cmd(
 ) -> None:
     """The promotion gate: move the `champion` alias to the challenger only if PairComp s_g wins
     pair by pair (margin and paired-bootstrap lower bound) and nothing else regresses."""
-    from focusdiff.registry.store import promote
+    from focusdiff.stages.promote import run_promote_stage
 
-    loaded = _params(params, set_, example_block="promote")
-    decision = promote(loaded.promote, loaded.tracking, challenger=version, dry_run=dry_run)
+    decision = run_promote_stage(_params(params, set_, example_block="promote"), version, dry_run, record)
     console.print(("[dry run] " if dry_run else "") + decision.summary(), highlight=False)
     for key, value in decision.numbers.items():
         console.print(f"  {key}: {value}")
-    if record is not None:
-        from focusdiff.io import atomic_write_json
-
-        atomic_write_json(record, {"promote": decision.promote, "dry_run": dry_run, "reasons": decision.reasons,
-                                   "numbers": json.loads(json.dumps(decision.numbers, default=str))})
 
 
 @app.command("convert")
@@ -410,7 +353,7 @@ def convert(
     dst: Annotated[Path, typer.Argument(help="transformers-format directory to write (replaced atomically)")],
 ) -> None:
     """Convert a DeepSeek-format Janus checkpoint into transformers format (safetensors)."""
-    from focusdiff.model.convert import convert_checkpoint
+    from focusdiff.stages.tools import convert as convert_checkpoint
 
     out = convert_checkpoint(src, dst)
     console.print(f"converted {src} -> {out}")
@@ -456,7 +399,7 @@ def judge_train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Train the ShapesWorld reward judge; writes judge.out if it agrees with the exact checker on the test pairs."""
-    from focusdiff.judge.stage import run_judge_stage
+    from focusdiff.stages.judge import run_judge_stage
 
     result = run_judge_stage(_params(params, set_, example_block="judge"))
     m = result.metrics
@@ -481,10 +424,10 @@ def judge_serve(
         min=1, help="largest image (width x height) accepted; checked from its header before decoding (400)")] = 4096 * 4096,
 ) -> None:
     """Serve a judge as an OpenAI-compatible chat-completions endpoint (P(yes) in the log-probs)."""
-    from focusdiff.judge.server import make_backend, serve
+    from focusdiff.stages.tools import serve_judge
 
-    serve(make_backend(backend, model), host=host, port=port, model_name=model_name or f"focusdiff-{backend}",
-          max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
+    serve_judge(backend, model, host=host, port=port, model_name=model_name or f"focusdiff-{backend}",
+                max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels)
 
 
 @judge_app.command("report")
@@ -492,7 +435,7 @@ def judge_report(
     backend: JudgeBackendOpt = "exact",
     model: JudgeModelOpt = None,
     pairs_per_category: Annotated[int, typer.Option(min=1, help="held-out ShapesWorld pairs per category")] = 50,
-    seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: judge.report.DEFAULT_SEED)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="pair sampler seed (default: focusdiff.judge.report.DEFAULT_SEED)")] = None,
     canvas: int = 32,
     data: Annotated[Optional[Path], typer.Option(help="calibrate on this dataset's pairs instead of sampled ones")] = None,
     split: Annotated[str, typer.Option(help="with --data: the split")] = "test",
@@ -500,29 +443,9 @@ def judge_report(
         help="judge this policy's own samples (labelled by the exact checker) instead of renders")] = None,
 ) -> None:
     """Calibrate a judge on held-out ShapesWorld pairs: accuracy, AUROC, agreement with the exact checker."""
-    from focusdiff.judge.report import DEFAULT_SEED, calibrate, calibration_report, dataset_items, policy_items
-    from focusdiff.judge.server import make_backend
+    from focusdiff.stages.judge_report import judge_report as calibrate_judge
 
-    if policy is not None and data is not None:
-        from focusdiff.errors import ConfigError
-
-        raise ConfigError("--policy and --data are exclusive: the images are either a policy's samples or the dataset's")
-    judge = make_backend(backend, model)
-    if policy is not None:
-        from focusdiff.model.loading import load_policy
-
-        seed = DEFAULT_SEED if seed is None else seed
-        loaded = load_policy(policy)
-        report = calibrate(judge, policy_items(loaded, pairs_per_category, seed), pairs_per_category, seed, canvas)
-        source = (f"{policy}'s samples (CFG {loaded.guidance_scale:g}), {pairs_per_category} pairs x "
-                  f"{len(report.by_category)} categories x 4 items, seed {seed}; labels from the exact checker")
-    elif data is not None:
-        report = calibrate(judge, dataset_items(data, split), canvas=canvas)
-        source = f"{data} ({split} split) x 4 items"
-    else:
-        seed = DEFAULT_SEED if seed is None else seed
-        report = calibration_report(judge, pairs_per_category, seed, canvas)
-        source = f"{pairs_per_category} pairs x {len(report.by_category)} categories x 4 items, {canvas}px, seed {seed}"
+    report, source = calibrate_judge(backend, model, pairs_per_category, seed, canvas, data, split, policy)
     title = f"judge {backend}{f' ({model})' if model else ''}: {source}"
     table = Table(title=title)
     table.add_column("category")

@@ -1,6 +1,6 @@
 """The one evaluation path: a fifth benchmark is one `Benchmark` object and one registry
 entry, and it gets generation, the completeness check, judge failures, the bootstrap
-interval, the files and the MLflow run from stage.py like the four shipped ones."""
+interval, the files and the MLflow run from stages/evaluate.py like the four shipped ones."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from focusdiff.config import TrackingConfig
-from focusdiff.eval import stage
+from focusdiff.eval import orchestrate
+from focusdiff.stages import evaluate as stage
 from focusdiff.eval.benchmark import Benchmark, Row, Suite
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
@@ -107,7 +108,7 @@ def test_a_fifth_benchmark_runs_through_the_one_path(tmp_path, monkeypatch, one_
 
 def test_missing_images_fail_every_benchmark_before_scoring(tmp_path, monkeypatch):
     monkeypatch.setitem(stage.REGISTRY, "tiny", Tiny())
-    monkeypatch.setattr(stage, "generate_jobs", lambda *args, **kwargs: {"generated": 0, "kept": 0})
+    monkeypatch.setattr(orchestrate, "generate_jobs", lambda *args, **kwargs: {"generated": 0, "kept": 0})
     cfg = _config(tmp_path)
     with pytest.raises(IncompleteEvaluation, match=r"tiny: incomplete evaluation, no score reported: 10 of 10 images "
                                                    r"missing or unreadable .* \(first: colour/0_0.png"):

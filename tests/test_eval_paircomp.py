@@ -21,7 +21,7 @@ from focusdiff.eval import paircomp
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.official import BenchmarkFileError, official_file, url
-from focusdiff.eval.stage import run_benchmark
+from focusdiff.stages.evaluate import run_benchmark
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config

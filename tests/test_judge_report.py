@@ -131,7 +131,8 @@ def test_cli_report_hf_without_model_is_a_clear_error():
 
 
 def test_policy_items_are_the_policys_samples_labelled_by_the_checker():
-    from focusdiff.judge.report import calibrate, policy_items
+    from focusdiff.judge.report import calibrate
+    from focusdiff.stages.judge_report import policy_items
     from focusdiff.model.loading import load_policy
 
     items = policy_items(load_policy("shapes-base"), pairs_per_category=1, seed=5)

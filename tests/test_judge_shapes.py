@@ -169,7 +169,7 @@ def test_calibration_on_dataset_needs_both_images(tmp_path):
 def test_stage_writes_judge_and_metrics_or_nothing(tmp_path, monkeypatch):
     """Small judge: gate 0 writes the judge, its record and metrics; an unreachable gate leaves
     the previous judge untouched and fails naming the gate."""
-    from focusdiff.judge.stage import run_judge_stage
+    from focusdiff.stages.judge import run_judge_stage
     from focusdiff.shapes.build import build_shapes_dataset
 
     monkeypatch.chdir(tmp_path)

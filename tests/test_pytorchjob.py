@@ -203,7 +203,7 @@ def test_a_job_refuses_a_dataset_other_than_the_one_the_flow_versioned(tmp_path,
     from focusdiff.config import TrackingConfig
     from focusdiff.errors import DataError
     from focusdiff.train.configs import GRPOConfig
-    from focusdiff.train.stage import DATA_VERSION_ENV, run_train_stage
+    from focusdiff.stages.train import DATA_VERSION_ENV, run_train_stage
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  data:\n    outs:\n    - path: data/pairs\n"
                                        "      md5: 1111aaaa.dir\n")

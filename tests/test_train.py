@@ -291,7 +291,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(world, tmp_p
     one = _write(tmp_path / "one.yaml", _config(world, tmp_path / "one", grad_accum=2))
     two = _write(tmp_path / "two.yaml", _config(world, tmp_path / "two", grad_accum=1))
     env = _env(tmp_path)
-    from focusdiff.train.stage import write_metrics
+    from focusdiff.stages.train import write_metrics
 
     write_metrics(load_recipe(one), train(load_recipe(one), ExactJudge()))  # in-process: no start-up
     launch = [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
@@ -398,7 +398,7 @@ def test_launch_configs_point_at_existing_deepspeed_files():
 def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
     from focusdiff.config import load_params
     from focusdiff.eval.configs import EvalConfig
-    from focusdiff.train.ablate import REPEAT_SEED_STRIDE, markdown, run_ablation, table
+    from focusdiff.stages.ablate import REPEAT_SEED_STRIDE, markdown, run_ablation, table
 
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(update={

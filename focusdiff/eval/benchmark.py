@@ -1,4 +1,4 @@
-"""What a benchmark supplies to the one evaluation path (focusdiff/eval/stage.py).
+"""What a benchmark supplies to the one evaluation path (focusdiff/eval/orchestrate.py).
 
 The orchestration owns everything the benchmarks share: the image folder and its reuse,
 generation, the completeness check, judge failures, timing, the bootstrap interval, the
@@ -6,7 +6,7 @@ files and the MLflow run. A benchmark owns only what makes it itself: its suite 
 deviations of this run from the official protocol (`prepare`), how an image is scored
 (`score`), how scores become headline numbers (`aggregate`), and what the interval
 resamples (`resampling_units`, `statistic`). A new benchmark is one module with one
-`Benchmark` object, plus one line in stage.py's registry.
+`Benchmark` object, plus one line in orchestrate.py's registry.
 
 The data passed between the steps is the rows: one dict per image, in job order, which
 is also what the benchmark's rows file (e.g. scores.jsonl) holds, so a score read back

@@ -14,7 +14,7 @@ Fixed defects of the official script: it skips the first CSV row; it pools only 
 tile's answers into the category scores; it counts only an exact 'yes' (a judge answering
 'Yes' scores 0). Here every row is used, every tile's answers are pooled, and a judge's
 answer is yes when P(yes)/(P(yes)+P(no)) > 0.5. `BENCHMARK` is DPG-Bench for the evaluation
-path (focusdiff/eval/stage.py).
+path (focusdiff/eval/orchestrate.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ overall = unweighted mean of the tasks.
 
 Detection and colour are backends: Mask2Former + CLIP ViT-L/14 (transformers) for real
 images, the exact checker for ShapesWorld. The clause logic here is shared by both.
-`BENCHMARK` is GenEval for the evaluation path (focusdiff/eval/stage.py).
+`BENCHMARK` is GenEval for the evaluation path (focusdiff/eval/orchestrate.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The geometric mean punishes a pair where one prompt fails: it measures fine-grai
 
 ShapesWorld's suite is the dataset's held-out test pairs in the same JSON schema, scored
 by the exact checker (the held-out evaluator) unless configured otherwise. `BENCHMARK` is
-PairComp for the evaluation path (focusdiff/eval/stage.py).
+PairComp for the evaluation path (focusdiff/eval/orchestrate.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Category score = mean over images. There is no official overall number.
 Scorers are backends (`T2IScorers`): BLIP-VQA, OWLv2 (for UniDet, not in transformers)
 and CLIP B/32 with spaCy noun chunks for real images; the exact checker and the
 ShapesWorld grammar for ShapesWorld. The formulas here are shared. `BENCHMARK` is
-T2I-CompBench for the evaluation path (focusdiff/eval/stage.py).
+T2I-CompBench for the evaluation path (focusdiff/eval/orchestrate.py).
 """
 
 from __future__ import annotations

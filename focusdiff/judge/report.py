@@ -16,9 +16,8 @@ Reported, overall and per category:
 * agreement - the judge's yes/no equals the exact checker's on the same item.
 
 With a policy (`focusdiff judge report --policy shapes-base`), the images are instead that
-policy's own samples, labelled by the exact checker: the judge measured where Pair-GRPO
-uses it. The gap between the two agreements is the room the policy has to please the judge
-without pleasing the checker.
+policy's own samples, labelled by the exact checker (focusdiff/stages/judge_report.py: drawing
+them needs the model, which the judge package does not import).
 
 A judge that cannot score an item raises `JudgeFailure`, and so does the report:
 a summary over the items that happened to work would flatter the judge.
@@ -132,27 +131,6 @@ def calibration_items(pairs_per_category: int, seed: int = DEFAULT_SEED, canvas:
                 labels.append(label)
                 categories.append(pair.category)
     return _Items(images, prompts, np.array(labels), np.array(categories))
-
-
-def policy_items(policy, pairs_per_category: int, seed: int = DEFAULT_SEED, sampling=None, batch: int = 48) -> _Items:
-    """Four items per pair, as `calibration_items`, but the images are the policy's own samples
-    (image k drawn with seed + k) and the labels are the exact checker's reading of them. The
-    judge is then measured where Pair-GRPO uses it: on what the policy draws, not on renders."""
-    from focusdiff.model.quality import draw_pairs
-    from focusdiff.model.sampling import SamplingConfig
-
-    sampling = sampling or SamplingConfig(cfg_weight=policy.guidance_scale)
-    pairs = sample_pairs(pairs_per_category, policy.image_size, seed)
-    sides = [(pair, own, partner) for pair in pairs for own, partner in ((pair.prompt1, pair.prompt2), (pair.prompt2, pair.prompt1))]
-    drawn = draw_pairs(policy, pairs, seed, sampling, batch)
-    images, prompts, categories = [], [], []
-    for image, (pair, own, partner) in zip(drawn, sides):
-        for prompt in (own, partner):
-            images.append(image)
-            prompts.append(prompt)
-            categories.append(pair.category)
-    labels = (np.array(ExactJudge().scores(images, prompts)) > 0.5).astype(int)
-    return _Items(images, prompts, labels, np.array(categories))
 
 
 def _calibration(scores: np.ndarray, exact_yes: np.ndarray, labels: np.ndarray) -> Calibration:

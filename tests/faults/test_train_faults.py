@@ -186,7 +186,7 @@ def _down_judge() -> dict:
 
 
 def test_a_run_whose_judge_is_down_fails_logs_no_reward_and_is_not_registered(world, tmp_path, mlflow_tracking):
-    from focusdiff.train.stage import run_train_stage
+    from focusdiff.stages.train import run_train_stage
 
     client = mlflow_tracking.client()
     registry = GateConfig(model_name=f"faults-down-judge-{os.getpid()}", register_trained=True)
@@ -290,7 +290,7 @@ def test_a_killed_run_continues_its_mlflow_run_or_is_marked_failed(world, tmp_pa
     holding every step. Killed again, then restarted with other parameters: the dead run is
     marked FAILED, saying where its checkpoints went."""
     from focusdiff.config import load_recipe
-    from focusdiff.train.stage import run_train_stage
+    from focusdiff.stages.train import run_train_stage
 
     client = mlflow_tracking.client()
     experiment = client.get_experiment_by_name

@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 from focusdiff.config import Params
 from focusdiff.io import atomic_directory, atomic_write_json
+from focusdiff.judge.report import calibrate, dataset_items
+from focusdiff.judge.shapes_judge import ShapesJudge, save_judge, train_judge
 from focusdiff.progress import Reporter, metric_text
 from focusdiff.records import QualityGateError, file_hashes
 from focusdiff.tracking import StageRun
@@ -39,9 +41,6 @@ def calibration_metrics(report) -> dict[str, float]:
 
 
 def run_judge_stage(params: Params, command: str = "focusdiff judge train") -> JudgeResult:
-    from focusdiff.judge.report import calibrate, dataset_items
-    from focusdiff.judge.shapes_judge import ShapesJudge, save_judge, train_judge
-
     cfg = params.judge
     canvas = params.data.shapes.canvas
     holdout = frozenset(tuple(h) for h in params.data.shapes.holdout)

@@ -1,8 +1,7 @@
-"""The evaluate stages: one path that draws a benchmark's images, checks them, scores them,
-puts intervals on the numbers, writes the files and tracks the run.
-
-`focusdiff evaluate --benchmark paircomp`, the `evaluate_paircomp` DVC stage and the
-Prefect pipeline's evaluation tasks all call `run_benchmark`. What differs between
+"""The one evaluation path: draw a benchmark's images, check them, score them, put intervals
+on the numbers and write the files (`evaluate`); tracking the run and writing the outcome on
+a registered version is the evaluate stage's (focusdiff/stages/evaluate.py, `run_benchmark`),
+which `focusdiff evaluate`, the `evaluate@<benchmark>` DVC stages and the flows call. What differs between
 benchmarks (suite, scorer, aggregation, resampling, deviations) is each benchmark
 module's `Benchmark` object (focusdiff/eval/benchmark.py), listed in REGISTRY below.
 Outputs per benchmark:
@@ -11,7 +10,7 @@ Outputs per benchmark:
     <out>/<benchmark>/generation.json  which policy, seed and sampling drew the images
     <out>/<benchmark>/scores.jsonl     one row per image (GenEval: results.jsonl)
     <out>/<benchmark>/...              the benchmark's own files (PairComp: pairs.jsonl, report.html)
-    <metrics_dir>/<benchmark>.json     headline numbers, 95% intervals, deviations (DVC metrics)
+    <metrics_dir>/<benchmark>.json     headline numbers, 95% intervals, deviations (DVC metrics; the stage writes it)
 
 Images are reused only when generation.json matches the policy (a cheap checkpoint
 fingerprint), seed and sampling; otherwise they are drawn again. Any image without a
@@ -36,15 +35,11 @@ from focusdiff.eval.generation import generate_jobs, valid_image
 from focusdiff.eval.intervals import percentile_bootstrap
 from focusdiff.io import atomic_write_json, atomic_write_text, jsonl_text
 from focusdiff.judge.base import JudgeFailure
-from focusdiff.registry.registration import Registration
-from focusdiff.tracking_config import TrackingConfig
 
 # The registry: a benchmark is known by adding its module's object here.
 REGISTRY: dict[str, Benchmark] = {b.name: b for b in (paircomp.BENCHMARK, geneval.BENCHMARK, t2i_compbench.BENCHMARK,
                                                       dpg_bench.BENCHMARK)}
 BENCHMARKS = tuple(REGISTRY)
-ARTIFACTS = ("scores.jsonl", "pairs.jsonl", "results.jsonl", "report.html")  # logged to the MLflow run when written
-REGISTERED_FILES = ("pairs.jsonl", "scores.jsonl", "results.jsonl")  # attached to a registered version besides the metrics
 
 
 @dataclass
@@ -86,7 +81,7 @@ def prepare_images(folder: Path, identity: dict[str, Any]) -> Path:
 
 def evaluate(benchmark: Benchmark, cfg: EvalConfig, policy, progress: Callable[[int], None] = lambda n: None) -> EvalResult:
     """generate -> check completeness -> score -> aggregate -> bootstrap interval -> write files
-    (untracked: `run_benchmark` wraps this in an MLflow run and writes the metrics file)."""
+    (untracked: the stage's `run_benchmark` wraps this in an MLflow run and writes the metrics file)."""
     name = benchmark.name
     folder = cfg.out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,55 +112,3 @@ def evaluate(benchmark: Benchmark, cfg: EvalConfig, policy, progress: Callable[[
 def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None] = lambda n: None) -> EvalResult:
     """PairComp on an already loaded policy, untracked (the ablation's and the speed benchmark's entry)."""
     return evaluate(REGISTRY["paircomp"], cfg, policy, progress)
-
-
-def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
-                  progress: Callable[[int], None] = lambda n: None,
-                  registration: Registration | None = None) -> EvalResult:
-    """Evaluate `cfg.policy` on one benchmark, tracked as an MLflow run `evaluate_<benchmark>`.
-    With `registration` (a registered version of that policy), the outcome is also written on
-    the version: results and files when complete, the reason when it fails."""
-    try:
-        result = _run_benchmark(benchmark, cfg, tracking, tags, progress)
-    except Exception as exc:
-        if registration is not None:
-            from focusdiff.registry.store import record_failure
-
-            record_failure(registration, tracking, benchmark, f"{type(exc).__name__}: {exc}")
-        raise
-    if registration is not None:
-        from focusdiff.registry.store import record_evaluation
-
-        files = [result.metrics_file] + [result.folder / n for n in REGISTERED_FILES if (result.folder / n).is_file()]
-        record_evaluation(registration, tracking, benchmark, result.metrics, files, REGISTRY[benchmark].protocol(cfg))
-    return result
-
-
-def _run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None,
-                   progress: Callable[[int], None]) -> EvalResult:
-    from focusdiff.errors import ConfigError
-    from focusdiff.model.loading import load_policy
-    from focusdiff.tracking import StageRun
-
-    if benchmark not in REGISTRY:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; known: {', '.join(REGISTRY)}")
-    logged = {"evaluate": cfg.model_dump(mode="json"), "benchmark": benchmark}
-    with StageRun(tracking, f"evaluate_{benchmark}", params=logged,
-                  tags={"benchmark": benchmark, "policy": cfg.policy, **(tags or {})}) as run:
-        result = evaluate(REGISTRY[benchmark], cfg, load_policy(cfg.policy), progress)
-        payload = {"benchmark": benchmark, "policy": cfg.policy, "metrics": result.metrics,
-                   "intervals": result.intervals, "deviations": result.deviations, "seconds": result.seconds,
-                   "mlflow_run_id": run.run_id}
-        cfg.metrics_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(result.metrics_file, payload)
-        run.log_metrics(result.metrics)
-        run.log_metrics({f"{k}.ci95_low": v[0] for k, v in result.intervals.items()}
-                        | {f"{k}.ci95_high": v[1] for k, v in result.intervals.items()}
-                        | {f"{benchmark}.{k}": v for k, v in result.seconds.items()})
-        run.set_tags({"deviations": " | ".join(result.deviations)[:5000]})
-        for name in ARTIFACTS:
-            if (result.folder / name).is_file():
-                run.log_artifact(result.folder / name, f"evaluate/{benchmark}")
-        run.log_artifact(result.metrics_file, f"evaluate/{benchmark}")
-        result.mlflow_run_id = run.run_id
-        return result

@@ -1,8 +1,9 @@
 """The `train` stage: Pair-GRPO from a config, tracked in MLflow, with DVC metrics and plots.
 
 The CLI (`focusdiff train`, also under `accelerate launch`/torchrun), `dvc repro train`
-and the Prefect pipeline all call `run_train_stage`. Only the main process talks to
-MLflow and writes the metrics files; every process trains.
+and the Prefect pipeline all call `run_train_stage`; `train_inputs` is how the CLI picks
+the training section (params.yaml's or a recipe's) and where it records. Only the main
+process talks to MLflow and writes the metrics files; every process trains.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from typing import Any
 import torch
 from accelerate import PartialState
 
-from focusdiff.tracking_config import TrackingConfig
+from focusdiff.config import load_params, load_recipe, parse_overrides, updated, within
 from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
 from focusdiff.judge.select import build_judge
 from focusdiff.progress import Reporter, metric_text
-from focusdiff.train.configs import GRPOConfig
 from focusdiff.registry.gate import GateConfig
 from focusdiff.registry.registration import REGISTRATION_FILE, Registration
+from focusdiff.registry.store import register_policy
+from focusdiff.tracking import StageRun, end_abandoned_run, git_commit, prefect_flow_run_id, run_exists
+from focusdiff.tracking_config import TrackingConfig
+from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.trainer import Trainer, TrainResult
+from focusdiff.versioning import DvcError, output_version
 
 DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
 
@@ -52,8 +57,6 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
     trainer = Trainer(cfg, judge)
     if not state.is_main_process:
         return trainer.train()  # the main process reports progress
-    from focusdiff.tracking import StageRun, end_abandoned_run, run_exists
-
     start = trainer.start
     if start.abandoned_run_id:
         where = f"its checkpoints were moved to {start.moved_to}" if start.moved_to else "it wrote no checkpoint"
@@ -84,9 +87,6 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
         registration_file = cfg.metrics_dir / REGISTRATION_FILE
         if registry is not None and registry.register_trained:
-            from focusdiff.registry.store import register_policy
-            from focusdiff.tracking import git_commit, prefect_flow_run_id
-
             lineage = {"algorithm": cfg.algorithm, "base_model": cfg.policy, "reward_judge": cfg.judge.backend,
                        "data.version": data_version(cfg.data),
                        "prefect.flow_run_id": prefect_flow_run_id() or "", **git_commit(), **(tags or {})}
@@ -101,6 +101,23 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         return result
 
 
+def train_inputs(params_file: Path, recipe: Path | None = None, overrides: list[str] | None = None,
+                 restart: bool = False) -> tuple[GRPOConfig, TrackingConfig, GateConfig | None]:
+    """What `focusdiff train` trains and where it records: params.yaml's train section (with
+    `-S` overrides), or a recipe's (its overrides are train.* keys) recorded where params.yaml
+    says when there is one, else MLflow's defaults and no registration."""
+    if recipe is not None:
+        cfg = load_recipe(recipe, within("train", parse_overrides(overrides), f"the recipe {recipe}"))
+        project = load_params(params_file, overrides=parse_overrides(None)) if params_file.is_file() else None
+        tracking, registry = (project.tracking, project.promote) if project else (TrackingConfig(), None)
+    else:
+        loaded = load_params(params_file, overrides=parse_overrides(overrides))
+        cfg, tracking, registry = loaded.train, loaded.tracking, loaded.promote
+    if restart:
+        cfg = updated(cfg, restart=True)
+    return cfg, tracking, registry
+
+
 def step_summary(metrics: Mapping[str, float]) -> str:
     """The step's reward and KL for the progress line, or why it made no update."""
     if metrics and "train/reward_mean" not in metrics:
@@ -111,8 +128,6 @@ def step_summary(metrics: Mapping[str, float]) -> str:
 def data_version(data: Path) -> str:
     """The DVC version (dvc.lock's md5) of the training dataset, or "unversioned" when it is not
     a DVC output here (a dataset passed by path outside the pipeline)."""
-    from focusdiff.versioning import DvcError, output_version
-
     try:
         return output_version(data)
     except DvcError:

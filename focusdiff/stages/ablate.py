@@ -36,9 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from focusdiff.config import Params
-from focusdiff.errors import DataError
-from focusdiff.io import atomic_write_json
+from focusdiff.config import Params, load_params, parse_overrides
+from focusdiff.errors import ConfigError, DataError
+from focusdiff.eval.orchestrate import run_paircomp
+from focusdiff.io import atomic_write_json, atomic_write_text
+from focusdiff.judge.select import build_judge
+from focusdiff.judge.spec import JudgeSpec
+from focusdiff.model.loading import load_policy
+from focusdiff.progress import Reporter
+from focusdiff.stages.train import step_summary
+from focusdiff.tracking import StageRun
+from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "grpo": {"expand_pair_groups": False, "inject_ground_truth": False},
@@ -58,9 +66,6 @@ class Cell:
 
 
 def _paircomp(params: Params, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
-    from focusdiff.eval.stage import run_paircomp
-    from focusdiff.model.loading import load_policy
-
     cfg = _eval_config(params, out, evaluator, repeat).model_copy(update={"policy": policy_dir})
     return run_paircomp(cfg, load_policy(policy_dir), lambda n: None).metrics
 
@@ -83,12 +88,6 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
 
 def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str] | None = None,
                  eval_repeats: int = 1, log=lambda metrics, step: None) -> list[Cell]:
-    from focusdiff.judge.select import build_judge
-    from focusdiff.judge.spec import JudgeSpec
-    from focusdiff.progress import Reporter
-    from focusdiff.train.stage import step_summary
-    from focusdiff.train.trainer import train
-
     if eval_repeats < 1:
         raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
@@ -129,6 +128,24 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     atomic_write_json(out / "ablation.json", [c.__dict__ for c in cells])
     return cells
+
+
+def run_ablate_stage(params_file: Path, seeds: list[int], out: Path, variants: list[str] | None = None,
+                     eval_repeats: int = 3, overrides: list[str] | None = None) -> str:
+    """`focusdiff ablate`: the ablation in an MLflow run `ablate`, which keeps <out>/table.md and
+    <out>/ablation.json; returns the markdown table."""
+    unknown = sorted(set(variants or []) - set(VARIANTS))
+    if unknown:  # before loading anything: a typo should not wait for the parameter file
+        raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    params = load_params(params_file, overrides=parse_overrides(overrides))
+    with StageRun(params.tracking, "ablate", params={"train": params.train.model_dump(mode="json"), "seeds": seeds,
+                                                       "eval_repeats": eval_repeats}) as run:
+        cells = run_ablation(params, seeds, out, variants, eval_repeats, log=lambda m, step: run.log_metrics(m, step))
+        text = markdown(cells)
+        atomic_write_text(out / "table.md", text + "\n")
+        run.log_artifact(out / "table.md", "ablate")
+        run.log_artifact(out / "ablation.json", "ablate")
+    return text
 
 
 def _hash(what: Any) -> str:
