@@ -12,20 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import JanusForConditionalGeneration
 
-from focusdiff.config import ShapesDataConfig, TrackingConfig
+from focusdiff.config import TrackingConfig
 from focusdiff.errors import DataError
 from focusdiff.eval import paircomp
 from focusdiff.eval.configs import EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.official import BenchmarkFileError, official_file, url
 from focusdiff.stages.evaluate import run_benchmark
-from focusdiff.model.configs import VQTrainConfig
-from focusdiff.model.shapes_model import build_config, build_tokenizer
-from focusdiff.model.vq import vq_config
-from focusdiff.shapes.build import build_shapes_dataset
+
+from tests.tiny_models import save_tiny_world
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,14 +140,7 @@ def test_tampered_download_is_refused_and_not_cached(mirror, tmp_path):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("paircomp")
-    build_shapes_dataset(ShapesDataConfig(pairs_per_category={"train": 1, "val": 1, "test": 2},
-                                          prompts={"train": 1, "val": 1, "test": 1}), root / "data")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    model = JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2))
-    model.save_pretrained(root / "policy")
-    tok.save_pretrained(root / "policy")
-    return root
+    return save_tiny_world(root, {"train": 1, "val": 1, "test": 2}, {"train": 1, "val": 1, "test": 1})
 
 
 def _eval_config(world: Path, run: Path, **paircomp_over) -> EvalConfig:

@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,25 +20,21 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import JanusForConditionalGeneration
 
-from focusdiff.config import ShapesDataConfig, load_recipe
+from focusdiff.config import load_recipe
 from focusdiff.data.schema import load_dataset
 from focusdiff.errors import ConfigError, DataError
 from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
 from focusdiff.judge.exact import ExactJudge
-from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.loading import load_policy
 from focusdiff.model.sampler import SamplingConfig, encode_images
 from focusdiff.model.sft import CheckpointError
-from focusdiff.model.shapes_model import build_config, build_tokenizer
-from focusdiff.model.vq import vq_config
-from focusdiff.shapes.build import build_shapes_dataset
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
 from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
 from focusdiff.train.trainer import train
 
+from tests.tiny_models import save_tiny_world
 from tests.project import VENV_BIN
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,14 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def world(tmp_path_factory) -> Path:
     """A small ShapesWorld dataset and a tiny random Janus policy saved in transformers format."""
     root = tmp_path_factory.mktemp("grpo")
-    build_shapes_dataset(ShapesDataConfig(pairs_per_category={"train": 3, "val": 1, "test": 1},
-                                          prompts={"train": 3, "val": 1, "test": 1}), root / "data")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    model = JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2))
-    model.save_pretrained(root / "policy")
-    tok.save_pretrained(root / "policy")
-    return root
+    return save_tiny_world(root, {"train": 3, "val": 1, "test": 1}, {"train": 3, "val": 1, "test": 1})
 
 
 def _config(world: Path, run: Path, **over) -> dict:

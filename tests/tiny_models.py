@@ -6,6 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def save_tiny_world(root: Path, pairs_per_category: dict[str, int], prompts: dict[str, int]) -> Path:
+    """A small ShapesWorld dataset (`root/data`) and a tiny random Janus policy (`root/policy`,
+    transformers format, 2 layers of 64) built on the ShapesWorld tokenizer; returns `root`."""
+    import torch
+    from transformers import JanusForConditionalGeneration
+
+    from focusdiff.model.configs import VQTrainConfig
+    from focusdiff.model.shapes_model import build_config, build_tokenizer
+    from focusdiff.model.vq import vq_config
+    from focusdiff.shapes.build import build_shapes_dataset
+    from focusdiff.shapes.configs import ShapesDataConfig
+
+    build_shapes_dataset(ShapesDataConfig(pairs_per_category=pairs_per_category, prompts=prompts), root / "data")
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2))
+    model.save_pretrained(root / "policy")
+    tok.save_pretrained(root / "policy")
+    return root
+
+
 def bpe_tokenizer(corpus: list[str], special: list[str], eos: str, pad: str, vocab_size: int = 400):
     """A byte-level BPE tokenizer trained here on `corpus`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -20,22 +20,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import JanusForConditionalGeneration
 
-from focusdiff.config import ShapesDataConfig, TrackingConfig
+from focusdiff.config import TrackingConfig
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import JudgeFailure
 from focusdiff.judge.exact import ExactJudge
-from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.sft import CheckpointError
-from focusdiff.model.shapes_model import build_config, build_tokenizer
-from focusdiff.model.vq import vq_config
 from focusdiff.registry.gate import GateConfig
-from focusdiff.shapes.build import build_shapes_dataset
 from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.trainer import train
 
+from tests.tiny_models import save_tiny_world
 from tests.project import VENV_BIN
 from tests.servers import free_port
 
@@ -46,14 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def world(tmp_path_factory) -> Path:
     """A small ShapesWorld dataset and a tiny random Janus policy saved in transformers format."""
     root = tmp_path_factory.mktemp("train-faults")
-    build_shapes_dataset(ShapesDataConfig(pairs_per_category={"train": 3, "val": 1, "test": 1},
-                                          prompts={"train": 3, "val": 1, "test": 1}), root / "data")
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    model = JanusForConditionalGeneration(build_config(tok, vq_config(VQTrainConfig()), hidden=64, layers=2))
-    model.save_pretrained(root / "policy")
-    tok.save_pretrained(root / "policy")
-    return root
+    return save_tiny_world(root, {"train": 3, "val": 1, "test": 1}, {"train": 3, "val": 1, "test": 1})
 
 
 def _config(world: Path, run: Path, policy: Path | None = None, **over) -> dict:
