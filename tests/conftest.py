@@ -11,7 +11,7 @@ SERVER_FIXTURES = {
     "s3_server", "mlflow_server", "mlflow_tracking",  # tests/servers.py
     "kube",  # the loopback Kubernetes API (tests/fake_kubernetes.py)
     "fault_registry",  # tests/faults/registry_fault_server.py
-    "mirror",  # an in-process HTTP server laid out like raw.githubusercontent.com (test_eval_paircomp)
+    "mirror",  # an in-process HTTP server laid out like raw.githubusercontent.com (integration/test_official_download.py)
 }
 
 

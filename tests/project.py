@@ -58,7 +58,7 @@ SMALL_SHAPES: dict[str, Any] = {
 
 # The later stages, shrunk so that the whole pipeline runs in about a minute: a judge
 # that proves its code path (its accuracy gate is measured on the real parameters, in
-# tests/test_judge_shapes.py and by `dvc repro judge`), two Pair-GRPO steps, and the four
+# tests/unit/test_judge_shapes.py and by `dvc repro judge`), two Pair-GRPO steps, and the four
 # benchmarks on a few prompts each. A first champion needs no floor here.
 SMALL_STAGES: dict[str, Any] = {
     "judge": {"width": 32, "layers": 1, "heads": 2, "steps": 4, "pairs_per_step": 4, "warmup_steps": 1,

@@ -22,7 +22,9 @@ from focusdiff.data.imports import import_dataset
 from focusdiff.data.schema import load_dataset
 from focusdiff.errors import ConfigError, DataError, FocusdiffError
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 PARAMS = ROOT / "params.yaml"
 RECIPE = ROOT / "recipes" / "janus-pro-1b-pair-grpo.yaml"
 

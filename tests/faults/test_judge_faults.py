@@ -33,10 +33,11 @@ from focusdiff.judge.openai_judge import OpenAIJudge, request_body
 from focusdiff.shapes.generate import ShapesSampler
 from focusdiff.shapes.render import render
 from tests.servers import LOOPBACK, ManagedProcess, free_port, http_ok, loopback_no_proxy_env
+from tests.project import REPO_ROOT
 
 pytestmark = pytest.mark.servers
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SERVE = [sys.executable, "-m", "focusdiff.cli", "judge", "serve", "--backend", "exact"]
 FAULTS = [sys.executable, "-m", "uvicorn", "tests.fake_judge_servers:faults"]
 NOT_A_SHAPES_CAPTION = "a photo of a cat"  # the exact checker refuses it before looking at the image

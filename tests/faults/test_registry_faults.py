@@ -32,8 +32,9 @@ from focusdiff.eval.protocol import EvaluationProtocol
 from focusdiff.registry.registration import Registration
 from focusdiff.registry.store import RegistryError, champion, promote, record_evaluation
 from tests.servers import LOOPBACK, ManagedProcess, free_port, http_ok, loopback_no_proxy_env
+from tests.project import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SECRET = "s3cr3t-test-password"  # test-only, never a real credential
 OUTAGE_BUDGET_S = 30  # MLflow's own defaults take about four minutes
 
@@ -133,7 +134,7 @@ def test_a_registry_that_refuses_is_that_refusal_never_a_missing_version(fault_r
     message = str(caught.value)
     assert f"answered PERMISSION_DENIED: {DENIED_MESSAGE}" in message
     assert "has no version" not in message and "unreachable" not in message
-    with pytest.raises(RegistryError, match=f"cannot read its 'champion' alias: .*answered PERMISSION_DENIED"):
+    with pytest.raises(RegistryError, match="cannot read its 'champion' alias: .*answered PERMISSION_DENIED"):
         champion(GateConfig(model_name="focusdiff-denied"), tracking)
 
 

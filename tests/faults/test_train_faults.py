@@ -2,7 +2,7 @@
 run whose judge is down reports, and what a killed run leaves in MLflow.
 
 The policy is a tiny random-initialised Janus, the dataset a small ShapesWorld one, as in
-tests/test_train.py. The unreachable judge is the real OpenAI-compatible client pointed at
+tests/unit/test_train.py. The unreachable judge is the real OpenAI-compatible client pointed at
 a closed loopback port; MLflow is the session's real tracking server (tests/servers.py).
 """
 

@@ -1,7 +1,7 @@
 """load_policy: every accepted source loads the same weights, every bad one is a clear error.
 
 The tiny random model and its DeepSeek-format checkpoint come from the builders in
-tests/test_convert.py.
+tests/unit/test_convert.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import focusdiff.model.loading as loading
 from focusdiff.model.convert import convert_checkpoint
 from focusdiff.model.loading import SHAPES_BASE, ModelLoadError, conversion_cache_dir, load_policy
-from tests.test_convert import BOI, IMAGE, PROMPT, raw_tokenizer, tiny_model, write_deepseek_checkpoint
+from tests.unit.test_convert import BOI, IMAGE, PROMPT, raw_tokenizer, tiny_model, write_deepseek_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,7 +18,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 
 UTILITIES = {"errors", "io", "redact", "viz", "progress", "records", "schedule"}
 DOMAIN = {"shapes", "data", "model", "judge", "train", "eval", "registry"}

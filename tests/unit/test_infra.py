@@ -12,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+REPO = REPO_ROOT
 INFRA = REPO / "infra"
 
 

@@ -27,10 +27,11 @@ from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler
 from focusdiff.shapes.render import render
 from tests.fake_judge_servers import FAULT_500_BODY
 from tests.servers import LOOPBACK, ManagedProcess, _alive, free_port, http_ok, loopback_no_proxy_env
+from tests.project import REPO_ROOT
 
 pytestmark = pytest.mark.servers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 KEY_ENV = "FOCUSDIFF_TEST_JUDGE_KEY"
 DUMMY_KEY = "sk-dummy-test-key-4f1c9a"  # test-only, never a real credential
 FAST = dict(backoff_base=0.01, backoff_cap=0.05)  # retries without the wait

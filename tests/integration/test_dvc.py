@@ -1,6 +1,6 @@
 """The `data` stage under DVC, as a user runs it: `dvc repro data`, remotes, determinism.
 
-(The later stages run in tests/test_pipeline.py and tests/test_deployments.py.)
+(The later stages run in tests/integration/test_pipeline.py and tests/integration/test_deployments.py.)
 
 Every test works in a throwaway copy of the project (tests/project.py) with a small
 dataset, and drives the real `dvc` CLI; S3 is a real moto server on 127.0.0.1.

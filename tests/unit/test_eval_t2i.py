@@ -4,7 +4,6 @@ BLIP-VQA, OWLv2, CLIP) with spaCy's missing-model error."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from focusdiff.eval.official import official_file
 from focusdiff.shapes.render import render
 from focusdiff.shapes.world import Obj, Scene
 from tests.tiny_models import save_tiny_blip_vqa, save_tiny_clip, save_tiny_owlv2
+from tests.project import REPO_ROOT
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+SHARED = REPO_ROOT.parent / "shared" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

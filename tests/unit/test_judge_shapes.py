@@ -36,9 +36,11 @@ from focusdiff.records import QualityGateError
 from focusdiff.shapes.render import render
 from focusdiff.shapes.world import Obj, Scene
 
+from tests.project import REPO_ROOT
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 HOLDOUT = frozenset({("purple", "triangle"), ("yellow", "square"), ("pink", "circle")})
 TINY = dict(width=32, layers=1, heads=2, steps=3, pairs_per_step=4, warmup_steps=1, threads=1)
 

@@ -10,7 +10,9 @@ import yaml
 from focusdiff.config import load_params
 from focusdiff.errors import ConfigError
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+from tests.project import REPO_ROOT
+
+PARAMS = REPO_ROOT / "params.yaml"
 
 
 def _write(tmp_path: Path, mutate) -> Path:

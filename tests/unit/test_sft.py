@@ -18,7 +18,9 @@ from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.sft import new_policy, sft_loss
 from focusdiff.model.vq import vq_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 TINY_LM = LMTrainConfig(hidden=32, layers=1, steps=2, batch_size=4, warmup_steps=1, eval_every=2,
                         eval_pairs_per_category=1, threads=1)
 

@@ -14,7 +14,7 @@ def test_an_unmarked_test_cannot_start_a_server(tmp_path):
     proc = ManagedProcess([sys.executable, "-c", "pass"], log_path=tmp_path / "x.log", name="example")
     with pytest.raises(RuntimeError) as err:
         proc.start()
-    assert str(err.value).startswith("tests/test_markers.py::test_an_unmarked_test_cannot_start_a_server starts "
+    assert str(err.value).startswith("tests/unit/test_markers.py::test_an_unmarked_test_cannot_start_a_server starts "
                                      "the example server but is not marked `servers`")
     assert proc.proc is None  # refused before anything started
 
@@ -27,3 +27,11 @@ def test_every_collected_user_of_a_server_fixture_is_marked(request):
                 if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("servers")]
     assert unmarked == []
 
+
+
+def test_the_unit_directory_starts_no_server(request):
+    """tests/unit holds the modules that need no server; a test there that uses one belongs in
+    tests/integration (over the whole session's collection, like the test above)."""
+    misplaced = [item.nodeid for item in request.session.items
+                 if item.nodeid.startswith("tests/unit/") and item.get_closest_marker("servers")]
+    assert misplaced == []

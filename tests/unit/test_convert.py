@@ -4,7 +4,7 @@ No real weights exist here, so the test builds a tiny transformers Janus model,
 writes it out in DeepSeek's layout with the inverse of every mapping rule
 (`_to_deepseek`), converts it back and demands exact equality: every tensor, and
 the image tokens greedy CFG generation produces. The helpers at the top are
-shared with tests/test_loading.py.
+shared with tests/unit/test_loading.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ Mask2Former and CLIP: the loading and scoring code users run with real weights).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from focusdiff.eval.official import official_file
 from focusdiff.shapes.render import render
 from focusdiff.shapes.world import Obj, Scene
 from tests.tiny_models import save_tiny_clip, save_tiny_mask2former
+from tests.project import REPO_ROOT
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+SHARED = REPO_ROOT.parent / "shared" / "benchmarks"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -15,7 +15,9 @@ from focusdiff.stages.bootstrap import QualityGateError, file_hashes, run_vq_sta
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.vq import SceneStream, _encode_normalized, reconstruct, to_images, to_pixels, train_vq
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 TINY = VQTrainConfig(steps=4, batch_size=8, warmup_steps=1, restart_every=2, eval_every=4,
                      eval_pairs_per_category=1, codebook_size=64, threads=1)
 

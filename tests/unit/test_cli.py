@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from focusdiff.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 FOCUSDIFF = str(Path(sys.executable).parent / "focusdiff")
 runner = CliRunner()
 

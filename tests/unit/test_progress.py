@@ -1,8 +1,8 @@
 """The progress reporter (focusdiff/progress.py) in log mode, and the flows' result artifacts'
 text (flows/artifacts.py): what a redirected log and the Prefect UI show.
 
-The terminal bar is rich's and is not tested here; `tests/test_cli.py` runs a stage with its
-stderr redirected, and `tests/test_pipeline.py` reads the progress lines and artifacts of a
+The terminal bar is rich's and is not tested here; `tests/unit/test_cli.py` runs a stage with its
+stderr redirected, and `tests/integration/test_pipeline.py` reads the progress lines and artifacts of a
 pipeline flow run back from Prefect.
 """
 

@@ -23,8 +23,9 @@ from focusdiff.train.pytorchjob import (
     run_training_job,
 )
 from tests.fake_kubernetes import serve
+from tests.project import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SHIPPED = REPO / "infra" / "k8s" / "pytorchjob-janus-pro-7b.yaml"
 
 

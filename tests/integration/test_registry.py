@@ -55,7 +55,7 @@ def _evaluate(reg, tracking, tmp_path, g: float, fail: str | None = None, geneva
     pairs = tmp_path / f"pairs-{reg.version}.jsonl"
     pairs.write_text("\n".join(json.dumps({"pair": i, "category": "color" if i % 2 else "text", "caption1": f"a{i}",
                                            "caption2": f"b{i}", "g": g + 0.01 * (i % 3)}) for i in range(30)) + "\n")
-    target = tmp_path / f"pairs.jsonl"
+    target = tmp_path / "pairs.jsonl"
     target.write_bytes(pairs.read_bytes())
     record_evaluation(reg, tracking, "paircomp", {"paircomp.s_g": 100 * (g + 0.01)}, [target], protocol=EXACT_SHAPES)
     for b, metrics in (("geneval", {"geneval.overall": geneval}), ("t2i_compbench", {"t2i_compbench.mean_of_categories": 0.4}),

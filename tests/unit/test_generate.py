@@ -21,6 +21,8 @@ from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
 
+from tests.project import REPO_ROOT
+
 FOCUSDIFF = str(Path(sys.executable).parent / "focusdiff")
 runner = CliRunner()
 
@@ -90,7 +92,7 @@ def test_bootstrap_report_defaults_to_the_stage_quality_set(policy_dir, tmp_path
     """Without --pairs-per-category it measures what the bootstrap_lm stage measured."""
     import yaml
 
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text("utf-8"))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text("utf-8"))
     params["bootstrap"]["lm"]["eval_pairs_per_category"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), "utf-8")
     result = runner.invoke(app, ["bootstrap", "report", "--policy", str(policy_dir), "--params", str(tmp_path / "params.yaml")])

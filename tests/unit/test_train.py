@@ -35,7 +35,7 @@ from focusdiff.train.rollout import advantages, collect, downsample, load_ground
 from focusdiff.train.trainer import train
 
 from tests.tiny_models import save_tiny_world
-from tests.project import VENV_BIN
+from tests.project import VENV_BIN, REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -362,7 +362,7 @@ def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
 # ----------------------------------------------------------------------------- recipes and launch configs
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -18,7 +18,9 @@ from focusdiff.stages.bootstrap import file_hashes
 from focusdiff.model.vq import reconstruct
 from focusdiff.shapes.accuracy import clause_accuracy, sample_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project import REPO_ROOT
+
+ROOT = REPO_ROOT
 PARAMS = load_params(ROOT / "params.yaml")
 VQ_DIR = ROOT / PARAMS.bootstrap.vq.out
 
