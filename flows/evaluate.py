@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from flows.artifacts import publish, result_markdown, rounded_summary, run_link, version_link
 from focusdiff.config import load_params
 from focusdiff.progress import Reporter
-from focusdiff.stages.evaluate import BENCHMARKS, Registration, download_registered_version, run_benchmark
+from focusdiff.stages.evaluate import BENCHMARKS, Registration, download_registered_version, run_benchmark, version_config
 from focusdiff.stages.promote import registry_uri
 
 # Transient failures only: downloading a model from the object store can hiccup; a benchmark
@@ -36,8 +36,7 @@ def download_version(project_dir: str, model_name: str, version: str) -> Registr
 def evaluate_benchmark(project_dir: str, benchmark: str, registration: Registration) -> dict[str, Any]:
     """Its metrics, their 95% intervals and its MLflow run id; progress is logged while it generates."""
     params = load_params(Path(project_dir) / "params.yaml")
-    out = Path(project_dir) / "outputs" / "eval" / f"{registration.model_name}-v{registration.version}"
-    cfg = params.evaluate.model_copy(update={"policy": registration.policy, "out": out, "metrics_dir": out / "metrics"})
+    cfg = version_config(params, project_dir, registration)
     with Reporter(f"{benchmark}: generating", None, unit="images") as progress:
         result = run_benchmark(benchmark, cfg, params.tracking, registration=registration, progress=progress.advance,
                                tags={"model_version": registration.version})

@@ -298,6 +298,9 @@ def ablate(
 def evaluate(
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="paircomp, geneval, t2i_compbench, dpg_bench (repeat for several)")],
     policy: Annotated[Optional[str], typer.Option(help="override evaluate.policy: a directory, hub id or shapes-base")] = None,
+    version: Annotated[Optional[str], typer.Option(
+        help="evaluate a registered version of promote.model_name instead (a number or an alias, e.g. champion) "
+             "and write the evidence on it; outputs in outputs/eval/<name>-v<n>/")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key: evaluate.seed=3)")] = None,
 ) -> None:
@@ -306,17 +309,19 @@ def evaluate(
 
     from focusdiff.config import updated
 
+    if policy is not None and version is not None:
+        raise typer.BadParameter("give --policy or --version, not both", param_hint="--version")
     loaded = _params(params, set_, example_block="evaluate")
     if policy is not None:
         loaded = updated(loaded, evaluate=updated(loaded.evaluate, policy=policy))
-    from focusdiff.stages.evaluate import registration_of_policy, run_benchmark
+    from focusdiff.stages.evaluate import evaluation_target, run_benchmark
 
-    registration = registration_of_policy(loaded)
+    registration, cfg, tags = evaluation_target(loaded, Path.cwd(), version)
     for name in benchmark:
         with Reporter(f"{name}: generating", None, unit="images") as progress:
-            result = run_benchmark(name, loaded.evaluate, loaded.tracking, progress=progress.advance,
-                                   registration=registration)
-        table = Table(title=f"{name}: {loaded.evaluate.policy}")
+            result = run_benchmark(name, cfg, loaded.tracking, progress=progress.advance, registration=registration,
+                                   tags=tags)
+        table = Table(title=f"{name}: {cfg.policy}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         table.add_column("95% interval", justify="right")

@@ -122,12 +122,20 @@ def jobs(prompts: list[GenEvalPrompt]) -> list[ImageJob]:
 
 
 def keep(detections: list[Detection], tag: str) -> dict[str, list[Detection]]:
-    """Per class: above the threshold (0.9 for counting prompts), highest first, at most 16."""
+    """Per class: above the threshold (0.9 for counting prompts), highest first, at most 16.
+
+    Ranked as GenEval ranks them, `np.argsort(scores)[::-1]`: among equal scores the last
+    listed comes first, which decides what a color or position clause checks."""
     threshold = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
+    listed: dict[str, list[Detection]] = {}
+    for d in detections:
+        listed.setdefault(d.cls, []).append(d)
     by_class: dict[str, list[Detection]] = {}
-    for d in sorted(detections, key=lambda d: -d.score):
-        if d.score > threshold and len(by_class.setdefault(d.cls, [])) < MAX_OBJECTS:
-            by_class[d.cls].append(d)
+    for cls, found in listed.items():
+        ranked = [found[i] for i in np.argsort([d.score for d in found])[::-1]]
+        kept = [d for d in ranked if d.score > threshold][:MAX_OBJECTS]
+        if kept:
+            by_class[cls] = kept
     return by_class
 
 

@@ -216,6 +216,8 @@ class PairComp(Benchmark[PairCompSuite]):
                               f"{' ' + c.evaluator.model if c.evaluator.model else ''}, not InternVL2.5-26B")
         if c.evaluator.backend in ("openai", "hf"):
             deviations.append("question ends with a period; the official script's question has none")
+            deviations.append("P(yes) and P(no) sum every word-piece variant of yes/no (' yes', '▁Yes', ...), "
+                              "not only the vocabulary entries yes/Yes/YES and no/No/NO")
         return PairCompSuite(jobs(pairs), deviations, pairs, c.evaluator, cfg.report_pairs)
 
     def score(self, suite: PairCompSuite, images: Path) -> list[Row]:

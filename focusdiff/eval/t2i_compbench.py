@@ -6,14 +6,18 @@ prompts per category, 10 images per prompt (`<category>/samples/<prompt>_<NNNNNN
   * color / shape / texture (BLIP-VQA): the prompt's noun chunks (minus 'top', 'the side',
     'the left', 'the right'), at most 8, each asked as "<chunk>?"; per question
     P = p(yes) / (p(yes) + p(no)); image score = product over the questions;
-  * spatial: objects = first and last noun; with both detected,
+  * spatial: objects = first and last noun, each the first detection of its class at
+    confidence >= 0.5 (UniDet's threshold; the same detection for both when both nouns are
+    one word); with both detected,
     0.25 * conf1 + 0.25 * conf2 + 0.5 * pos; one detected: 0.25 * conf; none: 0; then 0
     when below 0.5. pos: left/right (top/bottom on y) needs the right sign of dx and
     |dx| > |dy|, and is 1 if IoU < 0.1 else 0.1 / IoU; "next to"/"near"/"on side of":
     1 if |dx| < 150 or |dy| < 150 (pixels at short side 479) else 150 / max(|dx|, |dy|);
   * non_spatial: CLIPScore, the raw cosine of image and prompt embeddings;
   * complex (3-in-1): prompts of complex_val_spatial: (BLIP + spatial) / 2; of
-    complex_val_action: (BLIP + CLIP) / 2; otherwise (BLIP + spatial + CLIP) / 3.
+    complex_val_action: (BLIP + CLIP) / 2; otherwise (BLIP + spatial + CLIP) / 3, with spatial
+    and CLIP in the official complex mode (the nouns on each side of the preposition; CLIP
+    sees the prompt without adjectives).
 Category score = mean over images. There is no official overall number.
 
 Scorers are backends (`T2IScorers`): BLIP-VQA, OWLv2 (for UniDet, not in transformers)
@@ -48,12 +52,25 @@ EXCLUDED_CHUNKS = frozenset({"top", "the side", "the left", "the right"})
 SPATIAL_WORDS = {"on the left of": "left", "on the right of": "right", "on the top of": "top", "on the bottom of": "bottom",
                  "on side of": "near", "next to": "near", "near": "near"}  # the spatial category's phrases
 NEAR_PIXELS, REFERENCE_SHORT_SIDE = 150, 479
+DETECTION_THRESHOLD = 0.5  # UniDet's confidence_threshold in the official spatial scorer
+# the spatial scorer's `--complex True` mode: the objects are the nouns on each side of the first of these
+COMPLEX_PREPOSITIONS = {"on top of": "top", "on bottom of": "bottom", "on the left": "left", "on the right": "right",
+                        "next to": "near", "on side of": "near", "near": "near"}
 
 
 class NounParser(Protocol):
     def chunks(self, prompt: str) -> list[str]: ...
 
     def nouns(self, prompt: str) -> list[str]: ...
+
+    def objects_around(self, prompt: str, start: int, end: int) -> list[str]:
+        """Complex mode: the nearest noun (or proper noun) ending before character `start` and
+        the first noun from `end` on, those found (0, 1 or 2)."""
+        ...
+
+    def without_adjectives(self, prompt: str) -> str:
+        """Complex mode: the prompt with its adjectives removed (what CLIP is shown)."""
+        ...
 
 
 class VQA(Protocol):
@@ -121,7 +138,8 @@ def blip_vqa_score(image: np.ndarray, prompt: str, s: T2IScorers) -> float:
     asked = questions(prompt, s.parser)
     if not asked:
         raise ValueError(f"no noun chunks to ask about in {prompt!r}")
-    return float(np.prod([s.vqa.yes_probability(image, q) for q in asked]))
+    # the official rounds each answer's probability and their product to 4 decimals
+    return round(float(np.prod([round(s.vqa.yes_probability(image, q), 4) for q in asked])), 4)
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -152,36 +170,63 @@ def position_score(relation: str, a: Detection, b: Detection, short_side: int) -
     return 1.0 if iou < 0.1 else 0.1 / iou
 
 
-def spatial_score(image: np.ndarray, prompt: str, s: T2IScorers) -> float:
-    nouns = s.parser.nouns(prompt)
-    if not nouns:
-        raise ValueError(f"no nouns to detect in {prompt!r}")
-    relation = relation_of(prompt)
-    if relation is None:
-        return 0.0  # as the official script: no relation phrase, no position credit, below 0.5
-    first, last = nouns[0], nouns[-1]
-    best: dict[str, Detection] = {}
+def complex_relation(prompt: str) -> tuple[str, int, int] | None:
+    """The complex mode's relation and the character span of its phrase (the first in the prompt)."""
+    text = prompt.lower()
+    found = [(text.find(phrase), phrase) for phrase in COMPLEX_PREPOSITIONS if phrase in text]
+    if not found:
+        return None
+    start, phrase = min(found)
+    return COMPLEX_PREPOSITIONS[phrase], start, start + len(phrase)
+
+
+def spatial_score(image: np.ndarray, prompt: str, s: T2IScorers, complex_mode: bool = False) -> float:
+    """The spatial category's score; `complex_mode` is the official `--complex True` run used for
+    the complex category: the objects are the nouns on each side of the preposition, and the
+    score is 0 unless exactly two come out."""
+    if complex_mode:
+        around = complex_relation(prompt)
+        if around is None:
+            return 0.0
+        relation, start, end = around
+        objects = s.parser.objects_around(prompt, start, end)
+        if len(objects) != 2:
+            return 0.0
+        first, last = objects
+    else:
+        nouns = s.parser.nouns(prompt)
+        if not nouns:
+            raise ValueError(f"no nouns to detect in {prompt!r}")
+        relation = relation_of(prompt)
+        if relation is None:
+            return 0.0  # as the official script: no relation phrase, no position credit, below 0.5
+        first, last = nouns[0], nouns[-1]
+    found: dict[str, Detection] = {}
     for d in s.detector.detect(image, [first, last]):
-        if d.cls not in best or d.score > best[d.cls].score:
-            best[d.cls] = d
-    if first in best and last in best and first != last:
-        score = 0.25 * best[first].score + 0.25 * best[last].score + \
-            0.5 * position_score(relation, best[first], best[last], min(image.shape[:2]))
-    elif first in best or last in best:
-        score = 0.25 * (best.get(first) or best[last]).score
+        # as UniDet's: below its confidence threshold an object is not found; each noun is
+        # the first detection of its class in the detector's output, not the best one
+        if d.score >= DETECTION_THRESHOLD and d.cls not in found:
+            found[d.cls] = d
+    a, b = found.get(first), found.get(last)  # the same detection twice when both nouns are one word
+    if a is not None and b is not None:
+        score = 0.25 * a.score + 0.25 * b.score + 0.5 * position_score(relation, a, b, min(image.shape[:2]))
+    elif a is not None or b is not None:
+        score = 0.25 * (a or b).score
     else:
         score = 0.0
     return score if score >= 0.5 else 0.0
 
 
 def complex_score(image: np.ndarray, prompt: str, s: T2IScorers, spatial_prompts: set[str], action_prompts: set[str]) -> float:
+    """3-in-1, with the spatial and CLIP scorers in their official complex mode (CLIP is shown
+    the prompt without its adjectives)."""
     blip = blip_vqa_score(image, prompt, s)
     if prompt in spatial_prompts:
-        return (blip + spatial_score(image, prompt, s)) / 2
-    clip = s.similarity.similarity(image, prompt)
+        return (blip + spatial_score(image, prompt, s, complex_mode=True)) / 2
+    clip = s.similarity.similarity(image, s.parser.without_adjectives(prompt))
     if prompt in action_prompts:
         return (blip + clip) / 2
-    return (blip + spatial_score(image, prompt, s) + clip) / 3
+    return (blip + spatial_score(image, prompt, s, complex_mode=True) + clip) / 3
 
 
 def score_image(p: T2IPrompt, image: np.ndarray, s: T2IScorers, spatial_prompts: set[str], action_prompts: set[str]) -> float:
@@ -270,6 +315,19 @@ class ShapesParser:
 
     def nouns(self, prompt: str) -> list[str]:
         return [g.shape for g in self._description(prompt).groups]
+
+    def objects_around(self, prompt: str, start: int, end: int) -> list[str]:
+        # the grammar puts a relation between exactly two groups
+        d = self._description(prompt)
+        return [g.shape for g in d.groups] if d.relation else []
+
+    def without_adjectives(self, prompt: str) -> str:
+        from dataclasses import replace
+
+        from focusdiff.shapes.grammar import caption
+
+        d = self._description(prompt)
+        return caption(replace(d, groups=tuple(replace(g, color=None, size=None) for g in d.groups), background=None))
 
 
 class ShapesVQA:
@@ -363,7 +421,10 @@ class T2ICompBench(Benchmark[T2ISuite]):
             from focusdiff.eval.t2i_models import transformers_scorers
 
             scorers = transformers_scorers(c)
-            deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet")
+            deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet; UniDet's "
+                              f"confidence threshold {DETECTION_THRESHOLD} is applied to its scores, which are "
+                              "calibrated differently")
+            deviations.append("BLIP-VQA sees images at its image processor's size, not the official 480 px")
         return T2ISuite(jobs(prompts), deviations, prompts, scorers, spatial_prompts, action_prompts)
 
     def score(self, suite: T2ISuite, images: Path) -> list[Row]:

@@ -7,8 +7,9 @@
   to the padded side.
 * `ClipSimilarity`: CLIPScore as T2I-CompBench computes it, the raw cosine of CLIP B/32's
   image and text embeddings.
-* `SpacyParser`: `en_core_web_sm` noun chunks and nouns; a missing model is an error that
-  says how to install it.
+* `SpacyParser`: `en_core_web_sm` noun chunks and nouns, and the complex mode's nouns around
+  the preposition and adjective-free prompt; a missing model is an error that says how to
+  install it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def _load(what: str, model: str | Path, loader):
 
 
 class SpacyParser:
-    def __init__(self, model: str = "en_core_web_sm"):
+    def __init__(self, model: str = "en_core_web_sm", nlp=None):
+        """`nlp`: an already built spaCy pipeline (tests build a small one); else `model` is loaded."""
+        if nlp is not None:
+            self.nlp = nlp
+            return
         import spacy
 
         try:
@@ -50,6 +55,15 @@ class SpacyParser:
 
     def nouns(self, prompt: str) -> list[str]:
         return [t.text for t in self.nlp(prompt) if t.pos_ == "NOUN"]
+
+    def objects_around(self, prompt: str, start: int, end: int) -> list[str]:
+        doc = self.nlp(prompt)
+        before = [t.text for t in doc if t.idx + len(t.text) <= start and t.pos_ in ("NOUN", "PROPN")]
+        after = [t.text for t in doc if t.idx >= end and t.pos_ == "NOUN"]
+        return before[-1:] + after[:1]
+
+    def without_adjectives(self, prompt: str) -> str:
+        return " ".join(t.text for t in self.nlp(prompt) if t.pos_ != "ADJ")
 
 
 class BlipVQA:

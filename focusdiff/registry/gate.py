@@ -136,7 +136,10 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
     if challenger.evaluator != champion.evaluator:
         return Decision(False, [f"evaluated differently from the champion ({challenger.evaluator!r} vs "
                                 f"{champion.evaluator!r}): scores are not comparable",
-                                *protocol_differences(challenger.evaluator, champion.evaluator)], numbers)
+                                *protocol_differences(challenger.evaluator, champion.evaluator),
+                                "to compare them, re-score the champion under the challenger's protocol: "
+                                "`focusdiff evaluate --version champion -b paircomp` with the challenger's "
+                                "evaluate settings (or the focusdiff-evaluate deployment, version=champion)"], numbers)
     keys = sorted(set(challenger.pairs) & set(champion.pairs))
     if not keys or len(keys) != len(challenger.pairs) or len(keys) != len(champion.pairs):
         return Decision(False, [f"the champion and challenger were scored on different pairs "

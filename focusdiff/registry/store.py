@@ -186,6 +186,7 @@ def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="policy", python_model=pyfunc.__file__, artifacts={"policy": str(policy_dir)},
+            signature=pyfunc.SIGNATURE, input_example=pyfunc.INPUT_EXAMPLE,
             pip_requirements=["focusdiff", "torch", "transformers", "safetensors", "pandas"],
             registered_model_name=gate.model_name, await_registration_for=60)
     version = str(info.registered_model_version)

@@ -56,6 +56,24 @@ def download_registered_version(params: Params, project_dir: str | Path, model_n
     return Registration(model_name=model_name, version=str(mv.version), run_id=mv.run_id, policy=str(policy))
 
 
+def version_config(params: Params, project_dir: str | Path, registration: Registration) -> EvalConfig:
+    """The evaluation settings for a downloaded registered version: params.yaml's, on its policy,
+    with outputs and metrics in outputs/eval/<name>-v<n>/ (apart from the pipeline's own)."""
+    out = Path(project_dir) / "outputs" / "eval" / f"{registration.model_name}-v{registration.version}"
+    return params.evaluate.model_copy(update={"policy": registration.policy, "out": out, "metrics_dir": out / "metrics"})
+
+
+def evaluation_target(params: Params, project_dir: str | Path,
+                      version: str | None = None) -> tuple[Registration | None, EvalConfig, dict[str, str] | None]:
+    """What `focusdiff evaluate` evaluates: with `version` (a number or alias of promote.model_name),
+    that registered version, downloaded, evaluated apart and written on; else evaluate.policy
+    (and the version it is, if the train stage registered it). Returns (registration, settings, tags)."""
+    if version is None:
+        return registration_of_policy(params), params.evaluate, None
+    registration = download_registered_version(params, project_dir, params.promote.model_name, version)
+    return registration, version_config(params, project_dir, registration), {"model_version": registration.version}
+
+
 def run_benchmark(benchmark: str, cfg: EvalConfig, tracking: TrackingConfig, tags: dict[str, str] | None = None,
                   progress: Callable[[int], None] = lambda n: None,
                   registration: Registration | None = None) -> EvalResult:

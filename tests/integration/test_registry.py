@@ -116,6 +116,15 @@ def test_register_evaluate_promote_and_generate(policy_dir, tmp_path):
     assert list(out["prompt"]) == ["a red circle", "two blue squares"]
     image = Image.open(io.BytesIO(base64.b64decode(out["image_png_base64"][0])))
     assert image.size == (32, 32)
+    # the sampling settings are the signature's params; an invalid one is an error naming it
+    from focusdiff.model.loading import load_policy
+
+    own = load_policy(policy_dir).guidance_scale
+    same = model.predict(pd.DataFrame({"prompt": ["a red circle", "two blue squares"], "seed": [0, 1]}),
+                         params={"cfg_weight": own})
+    assert list(same["image_png_base64"]) == list(out["image_png_base64"])  # no cfg_weight: the policy's own
+    with pytest.raises(Exception, match=r"temperature must be > 0.*got 0"):
+        model.predict(pd.DataFrame({"prompt": ["a red circle"]}), params={"temperature": 0.0})
     with pytest.raises(RegistryError, match="registered model 'focusdiff-test' has no version '9'"):
         promote(gate, tracking, challenger="9")
 
@@ -147,3 +156,64 @@ def test_registration_on_a_tracking_server_with_s3_artifacts(policy_dir, mlflow_
     assert version.tags["eval.paircomp.status"] == "complete"
     local = client.download_artifacts(version.run_id, "evaluation/paircomp/pairs.jsonl", str(tmp_path / "dl"))
     assert len(Path(local).read_text().splitlines()) == 30
+
+    # what the registry UI shows and serving tools validate: the signature, and an example that runs
+    mlflow.set_tracking_uri(mlflow_tracking.tracking_uri)
+    mlflow.set_registry_uri(mlflow_tracking.tracking_uri)
+    uri = "models:/focusdiff-server-test@champion"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature.inputs.input_names() == ["prompt", "seed"]
+    assert [c.name for c in info.signature.outputs.inputs] == ["prompt", "seed", "image_png_base64"]
+    assert [p.name for p in info.signature.params] == ["cfg_weight", "temperature", "top_k", "top_p"]
+    model = mlflow.pyfunc.load_model(uri)
+    example = model.input_example
+    assert list(example.columns) == ["prompt", "seed"] and len(example) == 2
+    out = model.predict(example, params={"temperature": 0.8, "top_k": 20})
+    assert list(out["prompt"]) == list(example["prompt"])
+    assert Image.open(io.BytesIO(base64.b64decode(out["image_png_base64"][1]))).size == (32, 32)
+    with pytest.raises(Exception, match="prompt"):
+        model.predict(pd.DataFrame({"caption": ["a red circle"]}))  # the signature names the missing column
+
+
+def test_a_protocol_change_is_resolved_by_re_evaluating_the_champion(tmp_path):
+    """The gate refuses to compare versions scored under different PairComp protocols and says
+    how to fix it; `evaluation_target(..., version="champion")` (what `focusdiff evaluate
+    --version champion` runs) re-scores the champion under the new one, and the gate decides."""
+    from focusdiff.config import load_params, updated
+    from focusdiff.stages.evaluate import evaluation_target, run_benchmark
+
+    from tests.project import REPO_ROOT
+    from tests.tiny_models import save_tiny_world
+
+    world = save_tiny_world(tmp_path / "world", {"train": 1, "val": 1, "test": 2}, {"train": 1, "val": 1, "test": 1})
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts"))
+    gate = GateConfig(model_name="focusdiff-reeval", floor=0.0, margin=0.0, bootstrap=200)
+    params = load_params(REPO_ROOT / "params.yaml")
+    params = updated(params, tracking=tracking, promote=gate)
+
+    def evaluate(reg, seed: int, version: str | None = None):
+        cfg = params.evaluate.model_validate({
+            "policy": str(world / "policy"), "data": str(world / "data"), "out": str(tmp_path / f"out-{seed}"),
+            "metrics_dir": str(tmp_path / f"metrics-{seed}"), "bootstrap": 50, "seed": seed})
+        if version is not None:  # a registered version, downloaded and evaluated under `cfg`'s protocol
+            reg, cfg_v, tags = evaluation_target(updated(params, evaluate=cfg), tmp_path, version)
+            assert reg.version == "1" and cfg_v.seed == seed and tags == {"model_version": "1"}
+            cfg = cfg_v
+        run_benchmark("paircomp", cfg, tracking, registration=reg, tags={"model_version": reg.version})
+        for b, metrics in (("geneval", {"geneval.overall": 0.5}), ("t2i_compbench", {"t2i_compbench.mean_of_categories": 0.4}),
+                           ("dpg_bench", {"dpg.overall": 50.0})):
+            record_evaluation(reg, tracking, b, metrics, [])
+
+    first = _register(world / "policy", gate, tracking)
+    evaluate(first, seed=0)
+    assert promote(gate, tracking).promote  # the first champion (floor 0)
+    second = _register(world / "policy", gate, tracking)
+    evaluate(second, seed=1)  # another evaluation seed: another protocol
+    refused = promote(gate, tracking, dry_run=True)
+    assert not refused.promote and any("evaluated differently from the champion" in r for r in refused.reasons)
+    assert any("`focusdiff evaluate --version champion -b paircomp`" in r for r in refused.reasons)
+
+    evaluate(None, seed=1, version="champion")
+    decided = promote(gate, tracking, dry_run=True)
+    assert not any("evaluated differently" in r for r in decided.reasons), decided.reasons
+    assert "improvement" in decided.numbers  # compared pair by pair, under one protocol

@@ -81,6 +81,8 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "manifest.json missing" in proc.stderr
     proc = subprocess.run([FOCUSDIFF, "shapes", "render", "a red dog"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "error: not a ShapesWorld caption: cannot read 'a red dog'" in proc.stderr
+    result = runner.invoke(app, ["evaluate", "-b", "paircomp", "--policy", "shapes-base", "--version", "champion"])
+    assert result.exit_code == 2 and "give --policy or --version, not both" in result.output
 
 
 def test_data_import_error_names_file_row_field(tmp_path):

@@ -82,6 +82,12 @@ def test_clause_logic_counts_colors_positions_and_excludes():
     assert not ok and reason == "expected dog right of target, found left of target"
     ok, reason = evaluate_image(img, position, [_det("dog", 0, 0, 10, 10)], colors)
     assert reason == "expected cat>=1, found 0\nno target for dog to be right of"
+    # equal scores rank as GenEval's np.argsort(scores)[::-1] ranks them: the last listed first,
+    # so "a red car" checks the blue car listed second (the first-listed red one would pass)
+    tie = [_det("car", 0, 0, 2, 2, 1.0, "red"), _det("car", 4, 4, 6, 6, 1.0, "blue")]
+    assert [d.attributes["color"] for d in geneval.keep(tie, "colors")["car"]] == ["blue", "red"]
+    ok, reason = evaluate_image(img, color, tie, colors)
+    assert not ok and "red" in reason
     # at most 16 detections per class are kept
     many = [_det("bird", i, 0, i + 1, 1) for i in range(20)]
     assert len(geneval.keep(many, "single_object")["bird"]) == 16

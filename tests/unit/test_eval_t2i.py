@@ -51,6 +51,23 @@ def test_questions_drop_position_words_and_stop_at_eight():
     assert t2i.questions("p", _Chunks(chunks)) == ["a cat?"] + [f"thing {i}?" for i in range(7)]
 
 
+class _Answers:
+    name = "hand-made"
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def yes_probability(self, image, question):
+        return self.answers[question]
+
+
+def test_blip_vqa_rounds_each_answer_and_the_product_to_four_decimals():
+    s = t2i.T2IScorers(parser=_Chunks(["a red cat", "a blue dog"]), vqa=_Answers({"a red cat?": 0.123456, "a blue dog?": 0.98765}),
+                       detector=None, similarity=None)
+    # round(0.1235 * 0.9877, 4) = 0.1220; from the unrounded answers it would be 0.1219
+    assert t2i.blip_vqa_score(np.zeros((4, 4, 3), np.uint8), "p", s) == 0.122
+
+
 def _det(cls, x1, y1, x2, y2, score=1.0):
     return Detection(cls, score, (x1, y1, x2, y2))
 
@@ -68,6 +85,119 @@ def test_position_score_by_hand():
     far = (_det("a", 0, 0, 2, 2), _det("b", 20, 20, 22, 22))  # |dx| = |dy| = 20
     assert t2i.position_score("near", *far, 32) == pytest.approx(150 * 32 / 479 / 20)
     assert t2i.position_score("near", *far, 479) == 1.0
+
+
+class _Found:
+    """Hand-made detector output, in the order a detector would list it."""
+
+    name = "hand-made"
+
+    def __init__(self, detections):
+        self.detections = detections
+
+    def detect(self, image, names):
+        return list(self.detections)
+
+
+class _Nouns(_Chunks):
+    def __init__(self, nouns):
+        super().__init__([])
+        self._nouns = nouns
+
+    def nouns(self, prompt):
+        return self._nouns
+
+
+def _spatial(detections, nouns=("dog", "cat"), prompt="a dog on the left of a cat"):
+    s = t2i.T2IScorers(parser=_Nouns(list(nouns)), vqa=None, detector=_Found(detections), similarity=None)
+    return t2i.spatial_score(np.zeros((479, 479, 3), np.uint8), prompt, s)
+
+
+def test_spatial_counts_only_detections_at_unidets_threshold():
+    """Official numbers by hand (UniDet's confidence_threshold 0.5)."""
+    left, right = (0, 0, 50, 50), (200, 0, 250, 50)
+    # faint boxes in the right arrangement: not found, 0 (0.25*0.05 + 0.25*0.04 + 0.5 = 0.52 without the threshold)
+    assert _spatial([_det("dog", *left, score=0.05), _det("cat", *right, score=0.04)]) == 0.0
+    # the dog below threshold: only the cat is found, 0.25 * 0.9 = 0.225 < 0.5 -> 0 (0.84 without)
+    assert _spatial([_det("dog", *left, score=0.45), _det("cat", *right, score=0.9)]) == 0.0
+    # both at or above it: 0.25 * 0.5 + 0.25 * 0.9 + 0.5 * 1
+    assert _spatial([_det("dog", *left, score=0.5), _det("cat", *right, score=0.9)]) == pytest.approx(0.85)
+
+
+def test_spatial_takes_each_class_first_detection_and_one_for_a_repeated_noun():
+    left, right = (0, 0, 50, 50), (200, 0, 250, 50)
+    # the first dog listed (0.6) is the dog, not the better-scored one after it (0.99 would give 0.9475)
+    listed = [_det("dog", *right, score=0.6), _det("dog", *left, score=0.99), _det("cat", 400, 0, 450, 50, score=0.8)]
+    assert _spatial(listed) == pytest.approx(0.25 * 0.6 + 0.25 * 0.8 + 0.5)
+    # "a dog next to a dog": one detection is both dogs, at distance 0 (near: position 1)
+    one_dog = [_det("dog", *left, score=0.8)]
+    assert _spatial(one_dog, ("dog", "dog"), "a dog next to a dog") == pytest.approx(0.25 * 0.8 * 2 + 0.5)
+    assert _spatial(one_dog, ("dog", "dog"), "a dog on the left of a dog") == 0.0  # 0.4 + 0 < 0.5
+
+
+def _tagged(tags: dict[str, str]):
+    """A small spaCy pipeline built here: a blank English tokenizer and a component that sets
+    each token's part of speech from `tags` (en_core_web_sm is a user install)."""
+    import spacy
+    from spacy.language import Language
+
+    name = f"hand_tags_{abs(hash(tuple(sorted(tags.items()))))}"
+    if name not in Language.factories:
+        @Language.component(name)
+        def _tag(doc):
+            for token in doc:
+                token.pos_ = tags.get(token.text, "DET")
+            return doc
+    nlp = spacy.blank("en")
+    nlp.add_pipe(name)
+    return nlp
+
+
+class _Said:
+    """CLIP's stand-in: records the text it was shown."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.texts = []
+
+    def similarity(self, image, text):
+        self.texts.append(text)
+        return 0.3
+
+
+COMPLEX_TAGS = {"red": "ADJ", "small": "ADJ", "book": "NOUN", "bird": "NOUN", "tree": "NOUN", "John": "PROPN",
+                "on": "ADP", "of": "ADP", "in": "ADP", "left": "NOUN"}
+
+
+def test_complex_mode_takes_the_nouns_around_the_preposition_and_clip_sees_no_adjectives():
+    from focusdiff.eval.t2i_models import SpacyParser
+
+    class Parser(SpacyParser):
+        def chunks(self, prompt):  # BLIP's questions; a blank pipeline has no noun chunks
+            return ["a red book", "a small bird"]
+
+    parser = Parser(nlp=_tagged(COMPLEX_TAGS))
+    prompt = "a red book on the left of a small bird in a tree"
+    relation, start, end = t2i.complex_relation(prompt)
+    assert (relation, prompt[start:end]) == ("left", "on the left")
+    assert parser.objects_around(prompt, start, end) == ["book", "bird"]  # not the last noun, tree
+    assert parser.objects_around("John on the left of a bird", 5, 16) == ["John", "bird"]  # a proper noun before
+    assert parser.without_adjectives(prompt) == "a book on the left of a bird in a tree"
+
+    said = _Said()
+    s = t2i.T2IScorers(parser=parser, vqa=_Answers({"a red book?": 1.0, "a small bird?": 1.0}),
+                       detector=_Found([_det("book", 0, 0, 50, 50, score=0.9), _det("bird", 200, 0, 250, 50, score=0.8)]),
+                       similarity=said)
+    image = np.zeros((479, 479, 3), np.uint8)
+    assert t2i.spatial_score(image, prompt, s) == 0.0  # plain mode: book and tree, one found: 0.225
+    spatial = 0.25 * 0.9 + 0.25 * 0.8 + 0.5
+    assert t2i.spatial_score(image, prompt, s, complex_mode=True) == pytest.approx(spatial)
+    assert t2i.complex_score(image, prompt, s, set(), set()) == pytest.approx((1.0 + spatial + 0.3) / 3)
+    assert said.texts == ["a book on the left of a bird in a tree"]
+    # one object around the preposition (nothing after it), or no preposition: 0
+    assert t2i.spatial_score(image, "a red book on the left", s, complex_mode=True) == 0.0
+    assert t2i.spatial_score(image, "a red book and a bird", s, complex_mode=True) == 0.0
 
 
 def test_shapes_scorers_on_rendered_scenes():

@@ -117,10 +117,13 @@ def test_the_gate_names_the_protocol_fields_that_differ():
                Evidence("1", {"paircomp.s_g": 50.0}, {}, pairs, DEFAULT_TAG), GateConfig())
     assert not d.promote and "scores are not comparable" in d.reasons[0]
     assert d.reasons[1] == "the PairComp protocols differ in sampling.cfg_weight: 2.0 vs 5.0 (challenger vs champion)"
+    assert d.reasons[2].startswith("to compare them, re-score the champion under the challenger's protocol: "
+                                   "`focusdiff evaluate --version champion -b paircomp`")
     # a tag recorded before the protocol was a record is compared as the string it is, without detail
     d = decide(Evidence("2", {"paircomp.s_g": 60.0}, dict.fromkeys(GateConfig().required, "complete"), pairs, "exact|shapes"),
                Evidence("1", {"paircomp.s_g": 50.0}, {}, pairs, DEFAULT_TAG), GateConfig())
-    assert not d.promote and len(d.reasons) == 1 and "scores are not comparable" in d.reasons[0]
+    assert not d.promote and len(d.reasons) == 2 and "scores are not comparable" in d.reasons[0]
+    assert "re-score the champion" in d.reasons[1]
 
 
 # --------------------------------------------------------------------------- one value per concept
