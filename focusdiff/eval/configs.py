@@ -40,6 +40,8 @@ class T2ICompBenchConfig(_Section):
     categories: tuple[str, ...] = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
     scorers: Literal["shapes", "transformers"] = Field("shapes", description="shapes: exact checker + grammar")
     vqa_model: str = "Salesforce/blip-vqa-capfilt-large"
+    vqa_image_size: int = Field(480, ge=16, description="BLIP-VQA's input side in pixels; the official runs 480 "
+                                "(its vqa.yaml), position embeddings interpolated from the checkpoint's 384")
     detector_model: str = Field("google/owlv2-base-patch16-ensemble", description="stands in for UniDet (not in transformers)")
     clip_model: str = "openai/clip-vit-base-patch32"
     spacy_model: str = "en_core_web_sm"

@@ -424,7 +424,8 @@ class T2ICompBench(Benchmark[T2ISuite]):
             deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet; UniDet's "
                               f"confidence threshold {DETECTION_THRESHOLD} is applied to its scores, which are "
                               "calibrated differently")
-            deviations.append("BLIP-VQA sees images at its image processor's size, not the official 480 px")
+            if c.vqa_image_size != 480:
+                deviations.append(f"BLIP-VQA sees images at {c.vqa_image_size} px, not the official 480 px")
         return T2ISuite(jobs(prompts), deviations, prompts, scorers, spatial_prompts, action_prompts)
 
     def score(self, suite: T2ISuite, images: Path) -> list[Row]:

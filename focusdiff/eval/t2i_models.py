@@ -67,7 +67,11 @@ class SpacyParser:
 
 
 class BlipVQA:
-    def __init__(self, model: str | Path):
+    def __init__(self, model: str | Path, image_size: int = 480):
+        """`image_size`: the side images are resized to; the official runs BLIP at 480 px, a
+        size the checkpoint was not trained at, so its position embeddings are interpolated
+        (as BLIP's own loader interpolates them)."""
+        self.image_size = image_size
         from transformers import AutoImageProcessor, AutoTokenizer, BlipForQuestionAnswering
 
         self.model = _load("BLIP-VQA model", model, BlipForQuestionAnswering.from_pretrained).to(_device()).eval()
@@ -84,9 +88,10 @@ class BlipVQA:
     @torch.no_grad()
     def yes_probability(self, image: np.ndarray, question: str) -> float:
         m = self.model
-        pixels = self.processor(images=[Image.fromarray(image).convert("RGB")], return_tensors="pt")["pixel_values"]
+        pixels = self.processor(images=[Image.fromarray(image).convert("RGB")], return_tensors="pt",
+                                size={"height": self.image_size, "width": self.image_size})["pixel_values"]
         text = self.tokenizer([question], return_tensors="pt")
-        image_embeds = m.vision_model(pixel_values=pixels.to(m.device))[0]
+        image_embeds = m.vision_model(pixel_values=pixels.to(m.device), interpolate_pos_encoding=True)[0]
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=m.device)
         q = m.text_encoder(input_ids=text["input_ids"].to(m.device), attention_mask=text["attention_mask"].to(m.device),
                            encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, return_dict=False)[0]
@@ -141,5 +146,5 @@ class ClipSimilarity:
 
 
 def transformers_scorers(cfg) -> T2IScorers:
-    return T2IScorers(SpacyParser(cfg.spacy_model), BlipVQA(cfg.vqa_model), OwlDetector(cfg.detector_model),
+    return T2IScorers(SpacyParser(cfg.spacy_model), BlipVQA(cfg.vqa_model, cfg.vqa_image_size), OwlDetector(cfg.detector_model),
                       ClipSimilarity(cfg.clip_model))

@@ -244,9 +244,19 @@ def test_transformers_scorers_load_and_score(tmp_path):
     from focusdiff.eval.t2i_models import BlipVQA, ClipSimilarity, OwlDetector, SpacyParser
 
     image = (np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)
-    vqa = BlipVQA(save_tiny_blip_vqa(tmp_path / "blip", ["a red circle?", "a blue square?"]))
+    blip = save_tiny_blip_vqa(tmp_path / "blip", ["a red circle?", "a blue square?"])
+    vqa = BlipVQA(blip, image_size=32)  # the checkpoint's own size (32 for the tiny one)
     p = vqa.yes_probability(image, "a red circle?")
     assert 0.0 < p < 1.0 and vqa.yes_probability(image, "a red circle?") == p
+    # at another size (the official 480 against the real checkpoint's 384) the position
+    # embeddings are interpolated (without, 36 patches would not fit 16 positions): it runs,
+    # and the vision model is shown the image at that size
+    larger = BlipVQA(blip, image_size=48)
+    seen = []
+    larger.model.vision_model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape),
+                                                        with_kwargs=True)
+    assert 0.0 < larger.yes_probability(image, "a red circle?") < 1.0
+    assert [tuple(shape[-2:]) for shape in seen] == [(48, 48)]
     owl = OwlDetector(save_tiny_owlv2(tmp_path / "owl", ["a photo of a circle", "a photo of a square"]))
     found = owl.detect(image, ["circle", "square"])
     assert found and {d.cls for d in found} <= {"circle", "square"}
