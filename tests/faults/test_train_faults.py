@@ -31,6 +31,7 @@ from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.trainer import train
 
+from tests.judges import JudgeGoneAfter
 from tests.tiny_models import save_tiny_world
 from tests.project import VENV_BIN
 from tests.servers import free_port
@@ -60,20 +61,6 @@ def _grpo(world: Path, run: Path, **over) -> GRPOConfig:
     return GRPOConfig.model_validate(_config(world, run, **over))
 
 
-class _JudgeGoneAfter(ExactJudge):
-    """Answers `answers` images, then the connection is gone (a judge server that went away)."""
-
-    name = "gone-after"
-
-    def __init__(self, answers: int):
-        super().__init__(max_concurrency=1)
-        self.left = answers
-
-    async def _judge_one(self, image, prompt):
-        self.left -= 1
-        if self.left < 0:
-            raise ConnectionError("judge went away")
-        return await super()._judge_one(image, prompt)
 
 
 PER_STEP = 2 * 1 * 2 * 4  # images judged per step: micro-batches x items x prompts x G
@@ -82,7 +69,7 @@ PER_STEP = 2 * 1 * 2 * 4  # images judged per step: micro-batches x items x prom
 def _stopped_after(cfg: GRPOConfig, steps: int) -> None:
     """Train until the judge goes away in step `steps` + 1, leaving the checkpoints of `steps` steps."""
     with pytest.raises(JudgeFailure, match="judge went away"):
-        train(cfg, _JudgeGoneAfter(steps * PER_STEP))
+        train(cfg, JudgeGoneAfter(steps * PER_STEP))
 
 
 def _tree(root: Path) -> dict[str, str]:

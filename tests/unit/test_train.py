@@ -34,6 +34,7 @@ from focusdiff.train.items import ItemOrder, global_item_index, train_items
 from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
 from focusdiff.train.trainer import train
 
+from tests.judges import JudgeGoneAfter
 from tests.tiny_models import save_tiny_world
 from tests.project import VENV_BIN, REPO_ROOT
 
@@ -326,18 +327,6 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(world, t
     assert len(curve) == 1 + 6  # the steps before the kill are in the curve too
 
 
-class _JudgeFailingAfter(ExactJudge):
-    name = "failing-after"
-
-    def __init__(self, answers: int):
-        super().__init__(max_concurrency=1)
-        self.left = answers
-
-    async def _judge_one(self, image, prompt):
-        self.left -= 1
-        if self.left < 0:
-            raise ConnectionError("judge went away")
-        return await super()._judge_one(image, prompt)
 
 
 def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
@@ -347,7 +336,7 @@ def test_corrupt_checkpoint_is_reported_not_loaded(world, tmp_path):
     # a judge that stops answering during step 3 (after the step-2 checkpoint): the run fails there
     per_step = 2 * 1 * 2 * 4  # micro-batches x items x prompts x G
     with pytest.raises(JudgeFailure, match="judge went away"):
-        train(cfg, _JudgeFailingAfter(2 * per_step))
+        train(cfg, JudgeGoneAfter(2 * per_step))
     [(step, path)] = checkpoint.step_dirs(cfg.checkpoints)
     assert step == 2
     weights = path / "model.safetensors"
