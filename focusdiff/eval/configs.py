@@ -34,13 +34,16 @@ class GenEvalConfig(_Section):
     color_model: str = "openai/clip-vit-large-patch14"
 
 
+OFFICIAL_VQA_IMAGE_SIZE = 480  # T2I-CompBench runs BLIP-VQA at 480 px (its vqa.yaml)
+
+
 class T2ICompBenchConfig(_Section):
     suite: Literal["shapes", "official"] = "shapes"
     prompts_per_category: int = Field(10, ge=2, description="shapes suite: prompts per category")
     categories: tuple[str, ...] = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
     scorers: Literal["shapes", "transformers"] = Field("shapes", description="shapes: exact checker + grammar")
     vqa_model: str = "Salesforce/blip-vqa-capfilt-large"
-    vqa_image_size: int = Field(480, ge=16, description="BLIP-VQA's input side in pixels; the official runs 480 "
+    vqa_image_size: int = Field(OFFICIAL_VQA_IMAGE_SIZE, ge=16, description="BLIP-VQA's input side in pixels; the official runs 480 "
                                 "(its vqa.yaml), position embeddings interpolated from the checkpoint's 384")
     detector_model: str = Field("google/owlv2-base-patch16-ensemble", description="stands in for UniDet (not in transformers)")
     clip_model: str = "openai/clip-vit-base-patch32"

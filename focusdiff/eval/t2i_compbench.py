@@ -37,7 +37,7 @@ from PIL import Image
 
 from focusdiff.errors import DataError
 from focusdiff.eval.benchmark import Benchmark, Row, Suite
-from focusdiff.eval.configs import EvalConfig
+from focusdiff.eval.configs import OFFICIAL_VQA_IMAGE_SIZE, EvalConfig
 from focusdiff.eval.errors import IncompleteEvaluation
 from focusdiff.eval.generation import ImageJob
 from focusdiff.eval.geneval import Detection
@@ -149,10 +149,20 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def relation_of(prompt: str) -> str | None:
+def first_phrase(prompt: str, phrases: dict[str, str]) -> tuple[str, int, int] | None:
+    """The relation of the phrase (of `phrases`: phrase -> relation) that comes first in the
+    prompt, and that phrase's character span; None when the prompt has none."""
     text = prompt.lower()
-    found = [(text.find(w), rel) for w, rel in SPATIAL_WORDS.items() if w in text]
-    return min(found)[1] if found else None
+    found = [(text.find(phrase), phrase) for phrase in phrases if phrase in text]
+    if not found:
+        return None
+    start, phrase = min(found)
+    return phrases[phrase], start, start + len(phrase)
+
+
+def relation_of(prompt: str) -> str | None:
+    found = first_phrase(prompt, SPATIAL_WORDS)
+    return found[0] if found else None
 
 
 def position_score(relation: str, a: Detection, b: Detection, short_side: int) -> float:
@@ -170,22 +180,12 @@ def position_score(relation: str, a: Detection, b: Detection, short_side: int) -
     return 1.0 if iou < 0.1 else 0.1 / iou
 
 
-def complex_relation(prompt: str) -> tuple[str, int, int] | None:
-    """The complex mode's relation and the character span of its phrase (the first in the prompt)."""
-    text = prompt.lower()
-    found = [(text.find(phrase), phrase) for phrase in COMPLEX_PREPOSITIONS if phrase in text]
-    if not found:
-        return None
-    start, phrase = min(found)
-    return COMPLEX_PREPOSITIONS[phrase], start, start + len(phrase)
-
-
 def spatial_score(image: np.ndarray, prompt: str, s: T2IScorers, complex_mode: bool = False) -> float:
     """The spatial category's score; `complex_mode` is the official `--complex True` run used for
     the complex category: the objects are the nouns on each side of the preposition, and the
     score is 0 unless exactly two come out."""
     if complex_mode:
-        around = complex_relation(prompt)
+        around = first_phrase(prompt, COMPLEX_PREPOSITIONS)
         if around is None:
             return 0.0
         relation, start, end = around
@@ -424,8 +424,9 @@ class T2ICompBench(Benchmark[T2ISuite]):
             deviations.append(f"spatial detector: {c.detector_model} (open-vocabulary) instead of UniDet; UniDet's "
                               f"confidence threshold {DETECTION_THRESHOLD} is applied to its scores, which are "
                               "calibrated differently")
-            if c.vqa_image_size != 480:
-                deviations.append(f"BLIP-VQA sees images at {c.vqa_image_size} px, not the official 480 px")
+            if c.vqa_image_size != OFFICIAL_VQA_IMAGE_SIZE:
+                deviations.append(f"BLIP-VQA sees images at {c.vqa_image_size} px, "
+                                  f"not the official {OFFICIAL_VQA_IMAGE_SIZE} px")
         return T2ISuite(jobs(prompts), deviations, prompts, scorers, spatial_prompts, action_prompts)
 
     def score(self, suite: T2ISuite, images: Path) -> list[Row]:

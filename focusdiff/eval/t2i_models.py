@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 
 from focusdiff.errors import ConfigError
+from focusdiff.eval.configs import OFFICIAL_VQA_IMAGE_SIZE
 from focusdiff.eval.geneval import Detection
 from focusdiff.eval.t2i_compbench import T2IScorers
 
@@ -39,35 +41,36 @@ def _load(what: str, model: str | Path, loader):
 class SpacyParser:
     def __init__(self, model: str = "en_core_web_sm", nlp=None):
         """`nlp`: an already built spaCy pipeline (tests build a small one); else `model` is loaded."""
-        if nlp is not None:
-            self.nlp = nlp
-            return
-        import spacy
+        if nlp is None:
+            import spacy
 
-        try:
-            self.nlp = spacy.load(model)
-        except OSError:
-            raise ConfigError(f"the spaCy model {model!r} is not installed; install it with "
-                              f"`python -m spacy download {model}` (T2I-CompBench's noun chunks need it)") from None
+            try:
+                nlp = spacy.load(model)
+            except OSError:
+                raise ConfigError(f"the spaCy model {model!r} is not installed; install it with "
+                                  f"`python -m spacy download {model}` (T2I-CompBench's noun chunks need it)") from None
+        # a prompt is read for every one of its 10 images, and up to three ways each (chunks,
+        # nouns, complex mode): parse it once
+        self._doc = functools.lru_cache(maxsize=4096)(nlp)
 
     def chunks(self, prompt: str) -> list[str]:
-        return [c.text for c in self.nlp(prompt).noun_chunks]
+        return [c.text for c in self._doc(prompt).noun_chunks]
 
     def nouns(self, prompt: str) -> list[str]:
-        return [t.text for t in self.nlp(prompt) if t.pos_ == "NOUN"]
+        return [t.text for t in self._doc(prompt) if t.pos_ == "NOUN"]
 
     def objects_around(self, prompt: str, start: int, end: int) -> list[str]:
-        doc = self.nlp(prompt)
+        doc = self._doc(prompt)
         before = [t.text for t in doc if t.idx + len(t.text) <= start and t.pos_ in ("NOUN", "PROPN")]
         after = [t.text for t in doc if t.idx >= end and t.pos_ == "NOUN"]
         return before[-1:] + after[:1]
 
     def without_adjectives(self, prompt: str) -> str:
-        return " ".join(t.text for t in self.nlp(prompt) if t.pos_ != "ADJ")
+        return " ".join(t.text for t in self._doc(prompt) if t.pos_ != "ADJ")
 
 
 class BlipVQA:
-    def __init__(self, model: str | Path, image_size: int = 480):
+    def __init__(self, model: str | Path, image_size: int = OFFICIAL_VQA_IMAGE_SIZE):
         """`image_size`: the side images are resized to; the official runs BLIP at 480 px, a
         size the checkpoint was not trained at, so its position embeddings are interpolated
         (as BLIP's own loader interpolates them)."""

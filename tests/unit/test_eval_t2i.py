@@ -179,7 +179,7 @@ def test_complex_mode_takes_the_nouns_around_the_preposition_and_clip_sees_no_ad
 
     parser = Parser(nlp=_tagged(COMPLEX_TAGS))
     prompt = "a red book on the left of a small bird in a tree"
-    relation, start, end = t2i.complex_relation(prompt)
+    relation, start, end = t2i.first_phrase(prompt, t2i.COMPLEX_PREPOSITIONS)
     assert (relation, prompt[start:end]) == ("left", "on the left")
     assert parser.objects_around(prompt, start, end) == ["book", "bird"]  # not the last noun, tree
     assert parser.objects_around("John on the left of a bird", 5, 16) == ["John", "bird"]  # a proper noun before
