@@ -1,5 +1,6 @@
-"""The `focusdiff-pipeline` flow: data -> bootstrap -> judge -> train (registers the policy)
--> evaluate x4 (results on the registered version) -> promote (the gate).
+"""The `focusdiff-pipeline` flow: data -> bootstrap -> judge -> baseline (with no champion,
+the base becomes the first one) -> train (registers the policy) -> evaluate x4 (results on
+the registered version) -> promote (the gate).
 
 `cluster.launcher` picks where training runs. `local` (the embedded default): every stage
 runs here through `dvc repro`. `pytorchjob` (Janus-Pro on Kubernetes): the dataset is
@@ -7,7 +8,9 @@ versioned and pushed to the DVC remote, training is a multi-node PyTorchJob this
 and watches (focusdiff/train/pytorchjob.py; its pods pull the data and register the policy
 tagged with this flow run), and the registered version goes through the `focusdiff-evaluate`
 and `focusdiff-promote` flows as subflows. The base model and the reward judge are the
-recipe's (Janus-Pro, a served VLM), so the ShapesWorld bootstrap and judge stages do not run.
+recipe's (Janus-Pro, a served VLM), so the ShapesWorld bootstrap and judge stages do not run;
+nor does the baseline stage: the starting policy is the job's recipe's, which this flow does not
+read, so a first cluster challenger meets `promote.floor` (or a champion registered by hand).
 
 The flow opens one MLflow run for the pipeline; every stage's run is its child
 and carries the Prefect flow-run id, and the pipeline run links back to the flow
@@ -99,6 +102,14 @@ def judge(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     return _repro_and_read("judge", project_dir, pipeline_run_id, lambda params: params.judge.metrics)
 
 
+@task(name="baseline: the base as first champion")
+def baseline(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
+    """`dvc repro baseline`: with no champion yet, registers the starting policy, evaluates it
+    on the gate's benchmarks and makes it the champion; otherwise says which version is."""
+    return _repro_and_read("baseline", project_dir, pipeline_run_id,
+                           lambda params: params.evaluate.metrics_dir / "baseline.json")
+
+
 @task(name="train: Pair-GRPO")
 def train(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro train`: trains from the base and registers the policy (alias challenger)."""
@@ -137,10 +148,12 @@ def train_on_cluster(project_dir: str, pipeline_run_id: str, data_version: str) 
 
 
 def _embedded(project: str, run: PipelineRun) -> dict[str, Any]:
-    """bootstrap -> judge -> train -> evaluate x4 -> promote, each through `dvc repro`."""
+    """bootstrap -> judge -> baseline -> train -> evaluate x4 -> promote, each through `dvc repro`."""
     base = bootstrap(project, run.run_id)
     run.set_tags(base)
     judged = judge(project, run.run_id)
+    first = baseline(project, run.run_id)
+    get_run_logger().info("baseline: %s: %s", first["action"], first["reason"])
     trained = train(project, run.run_id)
     evaluated = {b: evaluate(project, run.run_id, b) for b in BENCHMARKS}
     decision = promote(project, run.run_id)
@@ -200,6 +213,7 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
                 **headline,
                 "promoted": decision["promote"],
                 "gate": "; ".join(decision["reasons"]),
+                **_gate_comparison(decision),
                 "champion": champion_version(params),
                 "dvc_remote": remote,
             }
@@ -210,6 +224,20 @@ def focusdiff_pipeline(project_dir: str = ".", push: bool = True) -> dict[str, A
     print(f"pipeline finished: {rounded_summary(headline, intervals)}; "
           f"{'promoted' if decision['promote'] else 'not promoted'}: {summary['gate']}")
     return summary
+
+
+def _gate_comparison(decision: dict[str, Any]) -> dict[str, Any]:
+    """Which champion the gate compared with and the paired interval of the s_g difference
+    (absent when it compared nothing: no champion, or evidence it refused)."""
+    numbers = decision.get("numbers", {})
+    out: dict[str, Any] = {}
+    if numbers.get("champion") is not None:
+        out["gate.compared_with"] = str(numbers["champion"])
+    if "improvement" in numbers:
+        low, high = numbers["improvement.ci95"]
+        out["gate.improvement"] = numbers["improvement"]
+        out["gate.improvement.ci95"] = f"[{low:+.2f}, {high:+.2f}]"
+    return out
 
 
 def _publish_result(run: PipelineRun, summary: dict[str, Any], headline: dict[str, float],

@@ -334,6 +334,23 @@ def evaluate(
         console.print(f"wrote {result.metrics_file} and {result.folder}; MLflow run {result.mlflow_run_id}")
 
 
+@app.command("baseline")
+def baseline_cmd(
+    params: ParamsOpt = Path("params.yaml"),
+    record: Annotated[Optional[Path], typer.Option(help="also write what it did to this JSON file (DVC metrics)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key: promote.first_champion=none)")] = None,
+) -> None:
+    """With no champion yet: register the starting policy (train.policy), evaluate it on the gate's
+    benchmarks under the current protocol and make it the first champion, so the first trained
+    policy is compared with it pair by pair. With a champion, nothing changes."""
+    from focusdiff.stages.baseline import run_baseline_stage
+
+    outcome = run_baseline_stage(_params(params, set_, example_block="promote"), Path.cwd(), record)
+    console.print(f"baseline: {outcome['action']}: {outcome['reason']}", highlight=False)
+    for key, value in outcome.get("metrics", {}).items():
+        console.print(f"  {key}: {value:.4g}")
+
+
 @app.command("promote")
 def promote_cmd(
     params: ParamsOpt = Path("params.yaml"),

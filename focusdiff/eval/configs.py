@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.sampling import SamplingConfig
@@ -23,7 +23,16 @@ class _Section(BaseModel):
 class PairCompConfig(_Section):
     suite: Literal["shapes", "official"] = "shapes"
     split: Literal["val", "test"] = Field("test", description="shapes suite: which held-out pairs")
-    evaluator: JudgeSpec = Field(JudgeSpec(backend="exact"), description="the judge whose s_g gates promotion")
+    evaluator: JudgeSpec = Field(JudgeSpec(backend="exact", answer_tokens="official"),
+                                 description="the judge whose s_g gates promotion")
+
+    @model_validator(mode="after")
+    def _official_answer_tokens(self) -> "PairCompConfig":
+        """The evaluator counts only the official yes/no vocabulary entries unless told otherwise
+        (a reward judge's `answer_tokens` default is `variants`)."""
+        if "answer_tokens" not in self.evaluator.model_fields_set:
+            object.__setattr__(self, "evaluator", self.evaluator.model_copy(update={"answer_tokens": "official"}))
+        return self
 
 
 class GenEvalConfig(_Section):

@@ -198,6 +198,10 @@ def judge_images(judge, folder: Path, jobs: list[ImageJob]) -> list[float]:
     return scores
 
 
+# Judges whose P(yes) is read off answer-token probabilities: which tokens count is part of their protocol.
+ANSWERS_READ_FROM_TOKENS = ("hf", "openai")
+
+
 class PairComp(Benchmark[PairCompSuite]):
     name = "paircomp"
 
@@ -216,8 +220,9 @@ class PairComp(Benchmark[PairCompSuite]):
                               f"{' ' + c.evaluator.model if c.evaluator.model else ''}, not InternVL2.5-26B")
         if c.evaluator.backend in ("openai", "hf"):
             deviations.append("question ends with a period; the official script's question has none")
-            deviations.append("P(yes) and P(no) sum every word-piece variant of yes/no (' yes', '▁Yes', ...), "
-                              "not only the vocabulary entries yes/Yes/YES and no/No/NO")
+            if c.evaluator.answer_tokens != "official":
+                deviations.append("P(yes) and P(no) sum every word-piece variant of yes/no (' yes', '▁Yes', ...), "
+                                  "not only the vocabulary entries yes/Yes/YES and no/No/NO (answer_tokens: variants)")
         return PairCompSuite(jobs(pairs), deviations, pairs, c.evaluator, cfg.report_pairs)
 
     def score(self, suite: PairCompSuite, images: Path) -> list[Row]:
@@ -259,7 +264,8 @@ class PairComp(Benchmark[PairCompSuite]):
         # how the images were drawn is part of the protocol: scores at CFG 2 and CFG 5 are not comparable
         spec = cfg.paircomp.evaluator
         return EvaluationProtocol(backend=spec.backend, model=spec.model or "", suite=cfg.paircomp.suite,
-                                  split=cfg.paircomp.split, sampling=cfg.sampling, seed=cfg.seed)
+                                  split=cfg.paircomp.split, sampling=cfg.sampling, seed=cfg.seed,
+                                  answers=spec.answer_tokens if spec.backend in ANSWERS_READ_FROM_TOKENS else "")
 
 
 BENCHMARK = PairComp()

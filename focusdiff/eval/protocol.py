@@ -8,11 +8,15 @@ The tag string is the record's stable form (`as_tag` / `from_tag`), byte for byt
 earlier versions of focusdiff wrote, because the registry already holds such tags:
 
     exact:|suite=shapes:test|sampling=cfg_weight=5.0,temperature=1.0,top_k=0,top_p=1.0|seed=0
+
+A judge read off answer-token probabilities (hf, openai) adds which tokens counted as yes/no,
+`|answers=official` or `|answers=variants`; a tag without it is one written before that choice
+existed (variants were summed) and is not comparable with either.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,19 +35,23 @@ class EvaluationProtocol(BaseModel):
     split: str = Field(min_length=1, pattern=r"^[^|]+$", description="which held-out pairs (shapes suite)")
     sampling: SamplingConfig
     seed: int = Field(ge=0, description="image k is drawn with seed + k")
+    answers: Literal["", "official", "variants"] = Field(
+        "", description="which answer tokens counted as yes/no ('' for judges that give a probability)")
 
     def as_tag(self) -> str:
         sampling = ",".join(f"{k}={v}" for k, v in self.sampling.model_dump().items())
-        return f"{self.backend}:{self.model}|suite={self.suite}:{self.split}|sampling={sampling}|seed={self.seed}"
+        tag = f"{self.backend}:{self.model}|suite={self.suite}:{self.split}|sampling={sampling}|seed={self.seed}"
+        return f"{tag}|answers={self.answers}" if self.answers else tag
 
     @classmethod
     def from_tag(cls, tag: str) -> EvaluationProtocol:
         """The protocol `as_tag` wrote; a RecordError naming the field that does not parse."""
         parts = tag.split("|")
-        if len(parts) != 4:
-            raise RecordError(f"{tag!r} has {len(parts)} '|'-separated parts, not 4 "
-                              "(evaluator|suite=...|sampling=...|seed=...)", file=TAG)
-        evaluator, suite, sampling, seed = parts
+        if len(parts) not in (4, 5):
+            raise RecordError(f"{tag!r} has {len(parts)} '|'-separated parts, not 4 or 5 "
+                              "(evaluator|suite=...|sampling=...|seed=...[|answers=...])", file=TAG)
+        evaluator, suite, sampling, seed = parts[:4]
+        answers = _value(parts[4], "answers", tag) if len(parts) == 5 else ""
         backend, colon, model = evaluator.partition(":")
         if not colon:
             raise RecordError(f"{evaluator!r} is not backend:model (in {tag!r})", file=TAG, field="evaluator")
@@ -61,7 +69,7 @@ class EvaluationProtocol(BaseModel):
                               f"(in {tag!r})", file=TAG, field="sampling")
         try:
             protocol = cls(backend=backend, model=model, suite=suite_name, split=split, sampling=settings,
-                           seed=_value(seed, "seed", tag))
+                           seed=_value(seed, "seed", tag), answers=answers)
         except ValidationError as exc:
             raise validation_error(exc, TAG, f" (in {tag!r})") from None
         # The gate compares tags: two tags of one protocol must be one string (not `5` and `5.0`).

@@ -12,8 +12,10 @@ over the *full* vocabulary gives probabilities, and P(yes) is the summed
 probability of every vocabulary token whose text normalizes to "yes" (" yes",
 "Yes", "ĠYES", "▁yes", ...), P(no) likewise. Matching uses the same
 `normalize_token` as the OpenAI-compatible client, so the in-process judge and
-the same model served by vLLM count the same tokens. The token-id sets are
-computed once, from each id's decoded text.
+the same model served by vLLM count the same tokens. With `answer_tokens="official"`
+only the tokens whose text is exactly yes/Yes/YES and no/No/NO count (PairComp's
+official vocabulary entries). The token-id sets are computed once, from each id's
+decoded text.
 
 Batching: `ajudge` runs the items in batches of `batch_size` (left padding, so
 the last position of every row is its first answer token) in a worker thread,
@@ -38,7 +40,7 @@ from PIL import Image
 
 from focusdiff.errors import ConfigError
 from focusdiff.judge.base import BatchedJudge, ImageLike, ItemFailure, Verdict, item_failure, to_rgb
-from focusdiff.judge.openai_judge import _NO, _YES, normalize_token
+from focusdiff.judge.openai_judge import _NO, _YES, AnswerTokens, answer_word
 
 
 class HFJudge(BatchedJudge):
@@ -58,6 +60,7 @@ class HFJudge(BatchedJudge):
         batch_size: int = 8,
         dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
+        answer_tokens: AnswerTokens = "variants",
     ):
         super().__init__(max_concurrency=1)  # concurrency is the batch, not parallel calls
         if batch_size < 1:
@@ -71,12 +74,15 @@ class HFJudge(BatchedJudge):
         if self.tokenizer.pad_token is None:
             # Batches need a pad token; padded positions are masked out, so any token will do.
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.yes_ids, self.no_ids = answer_token_ids(self.tokenizer, _output_vocab_size(self.model))
+        self.answer_tokens = answer_tokens
+        self.yes_ids, self.no_ids = answer_token_ids(self.tokenizer, _output_vocab_size(self.model), answer_tokens)
         if not self.yes_ids or not self.no_ids:
             missing = " nor ".join(repr(w) for w, ids in ((_YES, self.yes_ids), (_NO, self.no_ids)) if not ids)
+            forms = ("as one of the entries yes/Yes/YES, no/No/NO (answer_tokens: official)" if answer_tokens == "official"
+                     else "in any case, with or without a leading space")
             raise ConfigError(
-                f"{self.model_path}: the tokenizer has no token for {missing} (in any case, with or without a "
-                "leading space), so P(yes)/(P(yes)+P(no)) cannot be read from this model"
+                f"{self.model_path}: the tokenizer has no token for {missing} ({forms}), so "
+                "P(yes)/(P(yes)+P(no)) cannot be read from this model"
             )
         self._yes = torch.tensor(self.yes_ids, device=self.device)
         self._no = torch.tensor(self.no_ids, device=self.device)
@@ -180,8 +186,10 @@ def load_model_and_processor(path: str, dtype: str | torch.dtype = "auto") -> tu
     return model, processor
 
 
-def answer_token_ids(tokenizer: Any, vocab_size: int | None = None) -> tuple[list[int], list[int]]:
-    """Ids of every token whose decoded text normalizes to "yes", and to "no".
+def answer_token_ids(tokenizer: Any, vocab_size: int | None = None,
+                     answer_tokens: AnswerTokens = "variants") -> tuple[list[int], list[int]]:
+    """Ids of every token whose decoded text normalizes to "yes", and to "no" (with `official`:
+    whose text is exactly yes/Yes/YES, no/No/NO).
 
     Decoded text rather than raw vocabulary strings: it is what a server reports as
     the token (so the served and in-process judges agree), and it turns byte-level
@@ -193,7 +201,7 @@ def answer_token_ids(tokenizer: Any, vocab_size: int | None = None) -> tuple[lis
     texts = tokenizer.batch_decode(
         [[i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
-    words = [normalize_token(t) for t in texts]
+    words = [answer_word(t, answer_tokens) for t in texts]
     return [i for i, w in enumerate(words) if w == _YES], [i for i, w in enumerate(words) if w == _NO]
 
 

@@ -13,6 +13,9 @@ Reading the answer:
   stripped, and case is ignored, so " yes", "Yes", "ĠYES" and "▁yes" all count
   as yes. P(yes) is the sum of exp(logprob) over every yes-variant among the top
   log-probs; P(no) likewise.
+* `answer_tokens="official"` counts only the tokens whose text is exactly yes/Yes/YES or
+  no/No/NO, as PairComp's official script sums its vocabulary entries (no leading-space or
+  word-start variants); the default `"variants"` counts every normalized form.
 * Only one of yes/no among the top log-probs: the other's probability is below
   the k-th most likely token's, and is taken as 0. Our own server (server.py)
   relies on this rule: a probability of exactly 0 has no finite log-prob, so it
@@ -50,7 +53,7 @@ import math
 import os
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -59,6 +62,9 @@ from focusdiff.judge.base import QUESTION, ImageLike, Judge, Verdict, to_rgb
 from focusdiff.redact import redact_urls
 
 _YES, _NO = "yes", "no"
+# The vocabulary entries PairComp's official script sums (../shared/specs/benchmarks.md).
+OFFICIAL_ANSWERS = {"yes": _YES, "Yes": _YES, "YES": _YES, "no": _NO, "No": _NO, "NO": _NO}
+AnswerTokens = Literal["variants", "official"]
 _WORD_START_MARKERS = "Ġ▁"  # BPE (GPT-2 style) and SentencePiece word-start markers
 _EXCERPT_CHARS = 500
 log = logging.getLogger(__name__)
@@ -102,7 +108,9 @@ class OpenAIJudge(Judge):
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         top_logprobs: int = 20,
+        answer_tokens: AnswerTokens = "variants",
     ):
+        self.answer_tokens = answer_tokens
         super().__init__(max_concurrency)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {redact_urls(base_url)!r}")
@@ -142,7 +150,7 @@ class OpenAIJudge(Judge):
 
     async def _judge_one(self, image: ImageLike, prompt: str) -> Verdict:
         body = request_body(self.model, image, prompt, self.top_logprobs, self.template)
-        return parse_verdict(await self._post_with_retries(body))
+        return parse_verdict(await self._post_with_retries(body), self.answer_tokens)
 
     # -- transport and retries ------------------------------------------------ #
 
@@ -263,12 +271,20 @@ def normalize_token(token: str) -> str:
     return token.strip().lstrip(_WORD_START_MARKERS).strip().lower()
 
 
-def parse_verdict(body: Any) -> Verdict:
+def answer_word(token: str, answer_tokens: AnswerTokens = "variants") -> str:
+    """"yes", "no" or another word: what `token` (a token's decoded text) answers, counting
+    every normalized variant, or with `official` only the exact entries yes/Yes/YES, no/No/NO."""
+    if answer_tokens == "official":
+        return OFFICIAL_ANSWERS.get(token, "")
+    return normalize_token(token)
+
+
+def parse_verdict(body: Any, answer_tokens: AnswerTokens = "variants") -> Verdict:
     """P(yes), P(no) from the first answer token's top log-probs (see module docstring)."""
     candidates = list(_first_token_logprobs(body))
     p_yes = p_no = 0.0
     for token, logprob in candidates:
-        word = normalize_token(token)
+        word = answer_word(token, answer_tokens)
         if word == _YES:
             p_yes += math.exp(logprob)
         elif word == _NO:

@@ -16,9 +16,10 @@ def build_judge(spec: JudgeSpec, template: str | None = None) -> Judge:
         from focusdiff.judge.openai_judge import OpenAIJudge
 
         judge = OpenAIJudge(spec.base_url, spec.model, api_key_env=spec.api_key_env,
-                            max_concurrency=spec.max_concurrency, max_retries=spec.max_retries)
+                            max_concurrency=spec.max_concurrency, max_retries=spec.max_retries,
+                            answer_tokens=spec.answer_tokens)
     else:
-        judge = make_backend(spec.backend, spec.model)
+        judge = make_backend(spec.backend, spec.model, spec.answer_tokens)
         judge.max_concurrency = spec.max_concurrency
     if template is not None:
         if spec.backend not in ("openai", "hf"):

@@ -67,36 +67,38 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # see the module docstring
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
-def _exact(model: str | None) -> Judge:
+def _exact(model: str | None, answer_tokens: str) -> Judge:
     from focusdiff.judge.exact import ExactJudge
 
     return ExactJudge()  # the exact checker has no weights: `model` is ignored
 
 
-def _hf(model: str | None) -> Judge:
+def _hf(model: str | None, answer_tokens: str) -> Judge:
     if not model:
         raise ConfigError("the hf backend needs --model PATH: a transformers image-text-to-text checkpoint (or hub id)")
     from focusdiff.judge.hf_judge import HFJudge
 
-    return HFJudge(model)
+    return HFJudge(model, answer_tokens=answer_tokens)
 
 
-def _shapes(model: str | None) -> Judge:
+def _shapes(model: str | None, answer_tokens: str) -> Judge:
     from focusdiff.judge.configs import ShapesJudgeConfig
     from focusdiff.judge.shapes_judge import ShapesJudge
 
     return ShapesJudge(model or ShapesJudgeConfig.model_fields["out"].default)  # the judge stage's output
 
 
-# Backends `focusdiff judge serve --backend` can start: name -> factory(model path or None).
-BACKENDS: dict[str, Callable[[str | None], Judge]] = {"exact": _exact, "shapes": _shapes, "hf": _hf}
+# Backends `focusdiff judge serve --backend` can start: name -> factory(model path or None,
+# answer_tokens: which token entries count as yes/no, for the backends that read token probabilities).
+BACKENDS: dict[str, Callable[[str | None, str], Judge]] = {"exact": _exact, "shapes": _shapes, "hf": _hf}
 
 
-def make_backend(name: str, model: str | None = None) -> Judge:
-    """The judge `name`; `model` is the checkpoint for backends that load one (shapes, hf)."""
+def make_backend(name: str, model: str | None = None, answer_tokens: str = "variants") -> Judge:
+    """The judge `name`; `model` is the checkpoint for backends that load one (shapes, hf);
+    `answer_tokens` (variants | official) matters to those that read yes/no tokens (hf)."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown judge backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](model)
+    return BACKENDS[name](model, answer_tokens)
 
 
 # --------------------------------------------------------------------------- #

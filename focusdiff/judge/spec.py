@@ -20,6 +20,10 @@ class JudgeSpec(BaseModel):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (never the key)")
     max_concurrency: int = Field(8, ge=1)
     max_retries: int = Field(5, ge=0, description="openai backend: retries per item on timeouts, 429 and 5xx")
+    answer_tokens: Literal["variants", "official"] = Field(
+        "variants", description="hf and openai backends: which first-token entries count as yes/no; official: only "
+                                "yes/Yes/YES and no/No/NO (PairComp's script, the default of its evaluator); variants: "
+                                "every word-piece form too (' yes', '▁Yes')")
 
     @model_validator(mode="after")
     def _needs(self) -> "JudgeSpec":

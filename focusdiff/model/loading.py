@@ -58,7 +58,7 @@ from focusdiff.model.convert import (
 )
 from focusdiff.model.policy import Policy
 
-__all__ = ["SHAPES_BASE", "SHAPES_BASE_DIR", "ModelLoadError", "conversion_cache_dir", "load_policy"]
+__all__ = ["SHAPES_BASE", "SHAPES_BASE_DIR", "ModelLoadError", "conversion_cache_dir", "load_policy", "policy_directory"]
 
 SHAPES_BASE = "shapes-base"
 SHAPES_BASE_DIR = Path(__file__).parent / "weights" / SHAPES_BASE
@@ -81,22 +81,29 @@ def load_policy(
 
     `cache_dir` overrides where converted DeepSeek checkpoints are kept.
     """
+    directory = policy_directory(source)
+    return _load_directory(directory, str(source), dtype, device, cache_dir)
+
+
+def policy_directory(source: str | Path) -> Path:
+    """The local checkpoint directory `source` names (see the module docstring): the shipped
+    base, a directory, or a hub id fetched into the hub's cache. What gets registered when the
+    starting policy becomes a model version; a ModelLoadError when there is none."""
     if isinstance(source, str) and source == SHAPES_BASE:
-        directory = SHAPES_BASE_DIR
-        if not directory.is_dir():
+        if not SHAPES_BASE_DIR.is_dir():
             raise ModelLoadError(
-                f"the ShapesWorld base policy is not built: {directory} does not exist; "
+                f"the ShapesWorld base policy is not built: {SHAPES_BASE_DIR} does not exist; "
                 "run `focusdiff bootstrap lm` to produce it"
             )
-        return _load_directory(directory, SHAPES_BASE, dtype, device, cache_dir)
+        return SHAPES_BASE_DIR
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_directory(path, str(source), dtype, device, cache_dir)
+        return path
     if path.exists():
         raise ModelLoadError(f"not a directory: {source} (give the checkpoint's directory)")
     if isinstance(source, Path) or _looks_like_path(source):
         raise ModelLoadError(f"no such directory: {source}")
-    return _load_directory(_fetch_from_hub(source), source, dtype, device, cache_dir)
+    return _fetch_from_hub(source)
 
 
 def _looks_like_path(source: str) -> bool:

@@ -10,14 +10,18 @@ promoted only when ALL of:
   * its s_g beats the champion's by at least `margin` points;
   * the paired bootstrap's 95% lower bound of that improvement is above 0 (pairs are
     resampled within each category, both models' scores of a pair kept together);
-  * no other benchmark regresses by more than its tolerance.
-With no champion yet, it is promoted when its s_g reaches `floor`.
+  * no other benchmark regresses by more than its tolerance;
+  * its s_g reaches `floor` (0 by default: an absolute bar for users who want one).
+With no champion yet it is promoted when its s_g reaches `floor`. By default there is always
+a champion when a trained policy reaches the gate: the `baseline` stage makes the starting
+policy, evaluated under the same protocol, the first champion (`first_champion: base`), so
+even the first trained challenger is judged pair by pair.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +39,11 @@ class GateConfig(BaseModel):
     register_trained: bool = Field(True, description="register every trained policy as a new version (alias challenger)")
     metric: str = Field("paircomp.s_g", description="the deciding metric (x100)")
     margin: float = Field(1.0, ge=0, description="minimum improvement in points")
-    floor: float = Field(0.0, ge=0, le=100, description="s_g a first champion must reach")
+    floor: float = Field(0.0, ge=0, le=100, description="s_g every promoted challenger must reach (an absolute bar)")
+    first_champion: Literal["base", "none"] = Field(
+        "base", description="with no champion yet: 'base' registers the starting policy (train.policy), evaluates it "
+                            "on the required benchmarks and makes it the champion (the baseline stage); 'none' "
+                            "promotes the first challenger that reaches `floor`")
     bootstrap: int = Field(2000, ge=100)
     seed: int = 0
     required: tuple[str, ...] = Field(("paircomp", "geneval", "t2i_compbench", "dpg_bench"),
@@ -132,6 +140,9 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
     if champion is None:
         promote = score >= cfg.floor
         reasons.append(f"no champion yet; {cfg.metric} {score:.2f} {'>=' if promote else '<'} floor {cfg.floor:.2f}")
+        if cfg.first_champion == "base":
+            reasons.append("the starting policy is not the champion: `focusdiff baseline` (dvc repro baseline) "
+                           "registers and evaluates it so that challengers are compared with it pair by pair")
         return Decision(promote, reasons, numbers)
     if challenger.evaluator != champion.evaluator:
         return Decision(False, [f"evaluated differently from the champion ({challenger.evaluator!r} vs "
@@ -158,6 +169,9 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
         reasons.append(f"paired bootstrap 95% interval [{low:+.2f}, {high:+.2f}] includes no gain (lower bound <= 0)")
     else:
         reasons.append(f"paired bootstrap 95% interval [{low:+.2f}, {high:+.2f}] is above 0")
+    if cfg.floor > 0 and score < cfg.floor:
+        promote = False
+        reasons.append(f"{cfg.metric} {score:.2f} is below the floor {cfg.floor:.2f}")
     for metric, tolerance in cfg.tolerances.items():
         if metric not in champion.metrics:
             continue
@@ -169,5 +183,5 @@ def decide(challenger: Evidence, champion: Evidence | None, cfg: GateConfig) -> 
         numbers[f"drop.{metric}"] = drop
         if drop > tolerance:
             promote = False
-            reasons.append(f"{metric} regresses by {drop:.4g} (> tolerance {tolerance:g})")
+            reasons.append(f"{metric} regresses by {drop:.3g} (> tolerance {tolerance:g})")
     return Decision(promote, reasons, numbers)

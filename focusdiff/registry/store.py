@@ -48,6 +48,7 @@ from focusdiff.registry.registration import Registration
 from focusdiff.tracking import tracking_uri
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+ROLE_TAG, BASE_ROLE = "focusdiff.role", "base"  # the version that is the starting policy, not a trained one
 
 
 class RegistryError(FocusdiffError):
@@ -166,16 +167,21 @@ def _ask(gate: GateConfig, tracking: TrackingConfig, what: str, call: Callable[[
 
 def model_card(name: str, version_tags: dict[str, str]) -> str:
     t = version_tags
-    return (f"{name}: a text-to-image policy trained with {t.get('algorithm', '?')} from {t.get('base_model', '?')} "
-            f"on dataset version {t.get('data.version', '?')} (code {t.get('git.commit', '?')[:12]}). "
+    what = (f"the starting policy {t.get('base_model', '?')}, registered untrained to be the first champion "
+            f"(evaluated with dataset version {t.get('data.version', '?')}, code {t.get('git.commit', '?')[:12]}). "
+            if t.get(ROLE_TAG) == BASE_ROLE else
+            f"a text-to-image policy trained with {t.get('algorithm', '?')} from {t.get('base_model', '?')} "
+            f"on dataset version {t.get('data.version', '?')} (code {t.get('git.commit', '?')[:12]}). ")
+    return (f"{name}: {what}"
             "Load it with mlflow.pyfunc.load_model(...).predict(DataFrame(prompt=[...], seed=[...])) for PNG images, "
             "or download its `policy` artifact and use `focusdiff generate --policy <dir>`. "
             "Its benchmark results and the promotion decision are in this version's tags.")
 
 
 def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig, run_id: str,
-                    tags: dict[str, str]) -> Registration:
-    """Log `policy_dir` as a pyfunc model under run `run_id` and register it; alias challenger."""
+                    tags: dict[str, str], alias: str | None = CHALLENGER) -> Registration:
+    """Log `policy_dir` as a pyfunc model under run `run_id` and register it; `alias` (challenger
+    for a trained policy; none for the starting policy, which `crown_first_champion` aliases)."""
     import mlflow
 
     from focusdiff.registry import pyfunc
@@ -195,7 +201,8 @@ def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig
     for key, value in clean.items():
         client.set_model_version_tag(gate.model_name, version, key, value)
     client.update_model_version(gate.model_name, version, description=model_card(gate.model_name, clean))
-    client.set_registered_model_alias(gate.model_name, CHALLENGER, version)
+    if alias is not None:
+        client.set_registered_model_alias(gate.model_name, alias, version)
     return Registration(model_name=gate.model_name, version=version, run_id=run_id, policy=str(policy_dir))
 
 
@@ -212,6 +219,44 @@ def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_
     raise RegistryError(f"registered model {gate.model_name!r} has no version tagged prefect.flow_run_id="
                         f"{flow_run_id}: the training job succeeded but registered nothing "
                         "(is promote.register_trained on in the job's params?)")
+
+
+def registered_base(gate: GateConfig, tracking: TrackingConfig, fingerprint: str) -> Registration | None:
+    """The version an earlier `baseline` stage registered for the starting policy whose checkpoint
+    has `fingerprint` (its `base.fingerprint` tag), so a stage that stopped between registering and
+    crowning reuses it instead of adding another version; None when there is none."""
+    client = _client(tracking)
+    versions = _ask(gate, tracking, f"registered model {gate.model_name!r}: cannot list versions",
+                    lambda: client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
+                                                         order_by=["version_number DESC"]))
+    for mv in versions:
+        tags = dict(mv.tags)
+        if tags.get(ROLE_TAG) == BASE_ROLE and tags.get("base.fingerprint") == fingerprint:
+            return Registration(model_name=gate.model_name, version=str(mv.version), run_id=mv.run_id)
+    return None
+
+
+def crown_first_champion(gate: GateConfig, tracking: TrackingConfig, registration: Registration) -> None:
+    """Make `registration` (the evaluated starting policy) the first champion, saying so on the
+    version as the gate says its decisions. Refused when a champion appeared meanwhile: the
+    gate, not this stage, decides between two versions."""
+    client = _client(tracking)
+    name, v = gate.model_name, registration.version
+    current = champion(gate, tracking, client)
+    if current is not None and str(current.version) != v:
+        raise RegistryError(f"registered model {name!r} has had a champion (version {current.version}) since this "
+                            f"stage began: version {v} (the starting policy) is left uncrowned; gate it with "
+                            f"`focusdiff promote --version {v}` if it should compete")
+    reason = ("the starting policy, registered and evaluated under the current protocol, is the first champion: "
+              "every trained challenger is compared with it pair by pair")
+
+    def write() -> None:
+        client.set_model_version_tag(name, v, "gate.decision", "first champion")
+        client.set_model_version_tag(name, v, "gate.reason", reason)
+        client.set_model_version_tag(name, v, "gate.at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_registered_model_alias(name, CHAMPION, v)
+
+    _ask(gate, tracking, f"registered model {name!r} version {v}: cannot make it the champion", write)
 
 
 def record_evaluation(registration: Registration, tracking: TrackingConfig, benchmark: str, metrics: dict[str, float],

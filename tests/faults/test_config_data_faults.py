@@ -67,7 +67,7 @@ def test_duplicate_key_in_a_recipe_is_refused(tmp_path):
         ("peak: 0.00005", "peak: .inf", r"train\.lr\.peak: Input should be a finite number \(got inf\)"),
         ("  beta: 0.1 ", "  beta: .inf ", r"train\.beta: Input should be a finite number \(got inf\)"),
         ("  margin: 1.0", "  margin: .nan", r"promote\.margin: Input should be a finite number \(got nan\)"),
-        ("  floor: 25.0", "  floor: -.inf", r"promote\.floor: Input should be a finite number \(got -inf\)"),
+        ("  floor: 0.0", "  floor: -.inf", r"promote\.floor: Input should be a finite number \(got -inf\)"),
         ("experiment: focusdiff", "experiment: 2024-01-01", r"tracking\.experiment: date values are not accepted"),
     ],
 )

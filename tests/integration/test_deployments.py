@@ -76,12 +76,15 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             assert first["state_type"] == "COMPLETED", (first["state"], worker.log_tail())
             assert first["parameters"] == {"project_dir": ".", "push": True}
             client = mlflow_server.client()
-            champion = client.get_model_version_by_alias(model_name, "champion")
-            assert str(champion.version) == "1"
-            assert champion.tags["gate.decision"] == "promoted"
-            assert champion.tags["prefect.flow_run_id"] == first["id"]
+            # a fresh registry: the base became version 1 and the first champion; the trained
+            # policy, version 2, was gated against it
+            base, trained = client.get_model_version(model_name, "1"), client.get_model_version(model_name, "2")
+            assert base.tags["focusdiff.role"] == "base" and base.tags["gate.decision"] == "first champion"
+            assert trained.tags["gate.compared_with"] == "1" and trained.tags["prefect.flow_run_id"] == first["id"]
             for benchmark in ("paircomp", "geneval", "t2i_compbench", "dpg_bench"):
-                assert champion.tags[f"eval.{benchmark}.status"] == "complete"
+                assert base.tags[f"eval.{benchmark}.status"] == trained.tags[f"eval.{benchmark}.status"] == "complete"
+            champion = client.get_model_version_by_alias(model_name, "champion")
+            assert str(champion.version) == ("2" if trained.tags["gate.decision"] == "promoted" else "1")
             first_md5 = {out: proj.lock_md5(out) for out in ("data/pairs", "models/shapes-judge", "models/grpo")}
 
             # A diverging run: the trainer stops at the first non-finite gradient norm; nothing is registered.
@@ -92,8 +95,8 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             diverged = run_deployment("focusdiff-pipeline/embedded")
             assert diverged["state_type"] == "FAILED", diverged["state"]
             assert "the gradient norm is" in str(diverged["state"]), (diverged["state"], worker.log_tail())
-            assert [str(v.version) for v in client.search_model_versions(f"name = '{model_name}'")] == ["1"]
-            assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
+            assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{model_name}'")) == ["1", "2"]
+            assert str(client.get_model_version_by_alias(model_name, "champion").version) == str(champion.version)
 
             # A benchmark that fails: DPG-Bench asks a judge server nobody runs.
             proj.update_params({"train": {"lr": {"peak": 0.0001}, "seed": 7}, "evaluate": {"dpg_bench": {
@@ -101,13 +104,13 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
                                                "model": "nobody", "max_retries": 0}}}})
             failed = run_deployment("focusdiff-pipeline/embedded")
             assert failed["state_type"] == "FAILED", failed["state"]
-            v3 = client.get_model_version(model_name, "2")
+            v3 = client.get_model_version(model_name, "3")
             assert v3.tags["eval.dpg_bench.status"].startswith("failed:"), v3.tags
             gate = run_deployment("focusdiff-promote/promote")
             assert gate["state_type"] == "COMPLETED", (gate["state"], worker.log_tail())
-            v3 = client.get_model_version(model_name, "2")
+            v3 = client.get_model_version(model_name, "3")
             assert v3.tags["gate.decision"] == "rejected" and "dpg_bench evaluation is failed" in v3.tags["gate.reason"]
-            assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
+            assert str(client.get_model_version_by_alias(model_name, "champion").version) == str(champion.version)
     # Tracking went to the server (the environment wins over params.yaml's sqlite default),
     # artifacts through its proxy into the bucket.
     assert not (proj.root / "mlflow.db").exists()

@@ -22,7 +22,7 @@ import pytest
 
 from focusdiff.judge.base import JudgeFailure, Verdict, question
 from focusdiff.judge.exact import ExactJudge
-from focusdiff.judge.openai_judge import OpenAIJudge, parse_verdict, request_body
+from focusdiff.judge.openai_judge import JudgeServerError, OpenAIJudge, parse_verdict, request_body
 from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler
 from focusdiff.shapes.render import render
 from tests.fake_judge_servers import FAULT_500_BODY
@@ -271,3 +271,14 @@ def test_case_variants_and_word_markers_are_summed():
     completions_style = {"choices": [{"logprobs": {"top_logprobs": [{" yes": np.log(0.2), "no": np.log(0.6)}]}}]}
     assert parse_verdict(completions_style).score == pytest.approx(0.25)
     assert parse_verdict(_chat(("no", 0.0), ("maybe", -3.0))) == Verdict(0.0, 1.0)  # yes below the top-k
+
+
+def test_official_answer_tokens_count_only_the_vocabulary_entries():
+    """answer_tokens official (PairComp's evaluator default): 'Yes' and 'no' count; 'Ġyes', '▁YES', ' no' do not."""
+    body = _chat(("Yes", np.log(0.4)), ("Ġyes", np.log(0.1)), ("▁YES", np.log(0.05)), (" no", np.log(0.3)),
+                 ("no", np.log(0.05)), ("The", np.log(0.1)))
+    v = parse_verdict(body, "official")
+    assert (v.p_yes, v.p_no) == (pytest.approx(0.4), pytest.approx(0.05))
+    assert v.score == pytest.approx(0.4 / 0.45)
+    with pytest.raises(JudgeServerError, match="neither yes nor no"):
+        parse_verdict(_chat((" yes", np.log(0.5)), (" no", np.log(0.4))), "official")

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.project import ProjectCopy, make_project, patched_environ
+from tests.project import VENV_BIN, ProjectCopy, make_project, patched_environ
 
 # every test here runs a flow under prefect_test_harness, which starts a Prefect server
 pytestmark = pytest.mark.servers
 
 DATA = "data/pairs"
+BENCHMARKS = ("paircomp", "geneval", "t2i_compbench", "dpg_bench")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -81,40 +82,70 @@ def _runs(client: Any, experiment: str = "focusdiff") -> dict[str, list[Any]]:
     return out
 
 
-# One MLflow run per stage that ran (the shipped bootstrap stages are up to date and do not).
-STAGE_RUNS = ["data", "evaluate_dpg_bench", "evaluate_geneval", "evaluate_paircomp", "evaluate_t2i_compbench",
-              "judge", "pipeline", "train"]
+# One MLflow run per stage that ran (the shipped bootstrap stages are up to date and do not);
+# the benchmarks run twice: on the base (the baseline stage) and on the trained policy.
+STAGE_RUNS = {"baseline": 1, "data": 1, "evaluate_dpg_bench": 2, "evaluate_geneval": 2, "evaluate_paircomp": 2,
+              "evaluate_t2i_compbench": 2, "judge": 1, "pipeline": 1, "train": 1}
 
 
 def _assert_stage_runs(runs: dict[str, list[Any]], pipeline: Any) -> None:
-    """Every stage ran once, finished, nested under the pipeline run with the same flow-run id."""
-    assert sorted(runs) == STAGE_RUNS, sorted(runs)
-    for name in STAGE_RUNS:
-        (run,) = runs[name]
-        assert run.info.status == "FINISHED", (name, run.data.tags.get("error"))
-        if name != "pipeline":
-            assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id, name
-            assert run.data.tags["prefect.flow_run_id"] == pipeline.data.tags["prefect.flow_run_id"], name
-            assert run.data.tags["data.version"] == pipeline.data.tags["data.version"], name
+    """Every stage ran (the benchmarks once per evaluated version), finished, nested under the
+    pipeline run with the same flow-run id."""
+    assert {name: len(r) for name, r in runs.items()} == STAGE_RUNS, sorted(runs)
+    for name, stage_runs in runs.items():
+        for run in stage_runs:
+            assert run.info.status == "FINISHED", (name, run.data.tags.get("error"))
+            if name != "pipeline":
+                assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id, name
+                assert run.data.tags["prefect.flow_run_id"] == pipeline.data.tags["prefect.flow_run_id"], name
+                assert run.data.tags["data.version"] == pipeline.data.tags["data.version"], name
+    base_evaluations = [r for n, rs in runs.items() if n.startswith("evaluate_") for r in rs
+                        if r.data.tags.get("model_version") == "1"]
+    assert len(base_evaluations) == 4  # the baseline stage's, on version 1 (the base)
 
 
-def _assert_registered_and_promoted(client: Any, model_name: str, summary: dict[str, Any], runs: dict[str, list[Any]]) -> None:
-    """The trained policy is version 1 of the registered model, carries its four evaluations,
-    and (the first one, gated against no champion) became champion."""
-    assert summary["registered_model"] == model_name and summary["registered_version"] == "1"
-    assert summary["promoted"] is True and summary["champion"] == "1", summary["gate"]
-    version = client.get_model_version_by_alias(model_name, "champion")
-    assert str(version.version) == "1"
-    assert str(client.get_model_version_by_alias(model_name, "challenger").version) == "1"
-    assert version.run_id == runs["train"][0].info.run_id
+def _assert_registered(client: Any, model_name: str, summary: dict[str, Any], version_number: str) -> Any:
+    """The trained policy is version `version_number` of the registered model, carries its lineage
+    and four evaluations under one PairComp protocol; returns the version."""
+    assert summary["registered_model"] == model_name and summary["registered_version"] == version_number
+    version = client.get_model_version(model_name, version_number)
+    assert str(client.get_model_version_by_alias(model_name, "challenger").version) == version_number
     assert version.tags["data.version"] == summary["data_version"]  # lineage: the DVC version trained on
-    assert version.tags["gate.decision"] == "promoted"
     for benchmark in ("paircomp", "geneval", "t2i_compbench", "dpg_bench"):
         assert version.tags[f"eval.{benchmark}.status"] == "complete", benchmark
     # the gate compares versions only under one protocol: evaluator, suite, sampling, seed
     assert re.fullmatch(r"exact:\|suite=shapes:test\|sampling=cfg_weight=[\d.]+,temperature=[\d.]+,top_k=\d+,top_p=[\d.]+"
                         r"\|seed=\d+", version.tags["eval.paircomp.evaluator"]), version.tags["eval.paircomp.evaluator"]
     assert 0.0 <= summary["paircomp.s_g"] <= 100.0
+    return version
+
+
+def _assert_gated_against_the_base(client: Any, model_name: str, summary: dict[str, Any], runs: dict[str, list[Any]]) -> None:
+    """A fresh registry: the base is version 1, evaluated under the same protocol and the first
+    champion; the trained policy (version 2) was gated against it pair by pair, with its interval."""
+    trained = _assert_registered(client, model_name, summary, "2")
+    assert trained.run_id == runs["train"][0].info.run_id
+    base = client.get_model_version(model_name, "1")
+    assert base.tags["focusdiff.role"] == "base" and base.tags["gate.decision"] == "first champion"
+    assert base.run_id == runs["baseline"][0].info.run_id
+    assert base.tags["eval.paircomp.evaluator"] == trained.tags["eval.paircomp.evaluator"]
+    assert trained.tags["gate.compared_with"] == "1" and summary["gate.compared_with"] == "1", summary
+    assert re.fullmatch(r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", summary["gate.improvement.ci95"]), summary
+    assert "paired bootstrap 95% interval" in summary["gate"], summary["gate"]
+    expected = "2" if summary["promoted"] else "1"
+    assert summary["champion"] == expected
+    assert str(client.get_model_version_by_alias(model_name, "champion").version) == expected
+    assert trained.tags["gate.decision"] == ("promoted" if summary["promoted"] else "rejected")
+
+
+def _assert_first_promoted(client: Any, model_name: str, summary: dict[str, Any], runs: dict[str, list[Any]]) -> None:
+    """No baseline (a cluster pipeline): the trained policy is version 1 and, the first one,
+    gated against no champion, met the floor (0 here) and became champion."""
+    version = _assert_registered(client, model_name, summary, "1")
+    assert version.run_id == runs["train"][0].info.run_id
+    assert summary["promoted"] is True and summary["champion"] == "1", summary["gate"]
+    assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
+    assert version.tags["gate.decision"] == "promoted"
 
 
 def _assert_pipeline_and_data_runs(client: Any, proj: ProjectCopy, summary: dict[str, Any]) -> tuple[Any, Any]:
@@ -171,7 +202,9 @@ def _assert_artifacts(client: Any, run_id: str, dst: Path, manifest: dict[str, A
 def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    proj = make_project(tmp_path / "project")
+    # margin 99: the two-step policy never displaces the base, so the protocol change at the end
+    # is judged against the base (the gate's decision is the same either way)
+    proj = make_project(tmp_path / "project", params={"promote": {"margin": 99.0}})
     state = run_flow(proj)
     assert state.is_completed(), state
     summary = state.result()
@@ -193,9 +226,33 @@ def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
     assert (storage / "files" / "md5" / md5[:2] / md5[2:]).is_file()
     assert "Cache and remote 'local' are in sync." in proj.dvc("status", "--cloud").stdout
     assert "Data and pipelines are up to date." in proj.dvc("status").stdout
-    _assert_registered_and_promoted(client, "focusdiff-shapes", summary, _runs(client))
+    _assert_gated_against_the_base(client, "focusdiff-shapes", summary, _runs(client))
     _assert_progress_and_artifacts(str(state.state_details.flow_run_id), summary)
     _assert_dvc_surfaces(proj, summary)
+    _assert_a_protocol_change_is_resolved_by_re_scoring_the_champion(run_flow, proj, client)
+
+
+def _assert_a_protocol_change_is_resolved_by_re_scoring_the_champion(run_flow: Any, proj: ProjectCopy, client: Any) -> None:
+    """The evaluation protocol changes (another seed): the next pipeline run re-evaluates the
+    challenger under it and the gate refuses to compare with the champion's old scores, naming
+    the command that fixes it; after that command the gate compares pair by pair."""
+    proj.update_params({"evaluate": {"seed": 1}})
+    state = run_flow(proj)
+    assert state.is_completed(), state
+    summary = state.result()
+    assert summary["registered_version"] == "2"  # training did not re-run: the evaluate block is not its parameter
+    assert not summary["promoted"] and "evaluated differently from the champion" in summary["gate"], summary["gate"]
+    assert "seed: 1 vs 0" in summary["gate"] and "`focusdiff evaluate --version champion -b paircomp`" in summary["gate"]
+    assert "gate.improvement.ci95" not in summary  # nothing was compared
+
+    focusdiff = [str(VENV_BIN / "focusdiff")]
+    proj.run([*focusdiff, "evaluate", "--version", "champion", *(a for b in BENCHMARKS for a in ("-b", b))])
+    champion = client.get_model_version("focusdiff-shapes", "1")
+    assert champion.tags["eval.paircomp.evaluator"].endswith("|seed=1")  # re-scored under the new protocol
+    gate = proj.run([*focusdiff, "promote"]).stdout
+    assert "KEEP CHAMPION" in gate and "below the margin" in gate and "paired bootstrap 95% interval" in gate, gate
+    assert "evaluated differently" not in gate
+    assert client.get_model_version("focusdiff-shapes", "2").tags["gate.compared_with"] == "1"
 
 
 def _assert_progress_and_artifacts(flow_run_id: str, summary: dict[str, Any]) -> None:
@@ -221,7 +278,8 @@ def _assert_progress_and_artifacts(flow_run_id: str, summary: dict[str, Any]) ->
     assert {"focusdiff-pipeline", "focusdiff-pipeline-metrics"} <= set(artifacts), sorted(artifacts)
     page = artifacts["focusdiff-pipeline"].data
     assert re.search(r"^\| paircomp\.s_g \| [\d.]+ \| ", page, re.MULTILINE), page
-    assert "## Gate: promoted" in page and summary["mlflow_run_id"] in page
+    assert f"## Gate: {'promoted' if summary['promoted'] else 'not promoted'}" in page
+    assert summary["mlflow_run_id"] in page
     assert f"focusdiff-shapes v{summary['registered_version']}" in page and "mlflow ui --backend-store-uri" in page
     assert not re.search(r"\d\.\d{5,}", page), page  # rounded for reading: no 16-digit floats
     table = json.loads(artifacts["focusdiff-pipeline-metrics"].data)
@@ -240,12 +298,20 @@ def _assert_dvc_surfaces(proj: ProjectCopy, summary: dict[str, Any]) -> None:
     proj.dvc("plots", "show", "-o", str(plots))
     assert "train_curve.csv" in (plots / "index.html").read_text()
 
+    baseline = metrics["metrics/eval/baseline.json"]["data"]
+    assert baseline["champion"] == "1" and "paircomp.s_g" in baseline["metrics"], baseline
+
     proj.commit("pipeline results")  # dvc.lock and the metrics files, as a user would
     proj.dvc("exp", "run", "promote", "-S", "promote.margin=50")  # only the gate re-runs
     diff = json.loads(proj.dvc("metrics", "diff", "--json").stdout)
-    promotion = diff["metrics/eval/promotion.json"]
-    assert (promotion["promote"]["old"], promotion["promote"]["new"]) == (True, False), promotion
-    assert "metrics/eval/paircomp.json" not in diff  # the benchmarks did not re-run
+    promotion = json.loads((proj.root / "metrics/eval/promotion.json").read_text())
+    assert promotion["promote"] is False, promotion
+    if summary["promoted"]:  # already the champion: the gate says so
+        assert promotion["reasons"] == ["version 2 is already the champion"], promotion
+    else:
+        assert any("below the margin 50.00" in r for r in promotion["reasons"]), promotion
+    # neither the benchmarks nor the baseline re-ran
+    assert "metrics/eval/paircomp.json" not in diff and "metrics/eval/baseline.json" not in diff
 
 
 # --------------------------------------------------------------------------- #
@@ -372,7 +438,7 @@ def test_flow_on_cluster_trains_as_a_two_node_pytorchjob(run_flow: Any, kube: tu
     assert train.data.tags["mlflow.parentRunId"] == pipeline.info.run_id  # the job's rank 0 nests under the flow's run
     assert train.data.tags["prefect.flow_run_id"] == flow_run_id
     assert train.data.tags["world_size"] == "2"  # both pods joined one process group
-    _assert_registered_and_promoted(client, "focusdiff-shapes", summary, runs)
+    _assert_first_promoted(client, "focusdiff-shapes", summary, runs)
     assert client.get_model_version("focusdiff-shapes", "1").tags["prefect.flow_run_id"] == flow_run_id
 
     name = job_name("focusdiff-train", flow_run_id)

@@ -217,3 +217,67 @@ def test_a_protocol_change_is_resolved_by_re_evaluating_the_champion(tmp_path):
     decided = promote(gate, tracking, dry_run=True)
     assert not any("evaluated differently" in r for r in decided.reasons), decided.reasons
     assert "improvement" in decided.numbers  # compared pair by pair, under one protocol
+
+
+def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(tmp_path):
+    """`focusdiff baseline` on a fresh registry registers the starting policy, evaluates it on the
+    four benchmarks and crowns it; an evaluation that fails crowns nothing, and the rerun reuses the
+    version it registered. With a champion the stage changes nothing. The first trained challenger
+    is then gated pair by pair against the base, with its interval."""
+    from focusdiff.config import load_params, updated
+    from focusdiff.stages.baseline import run_baseline_stage
+    from focusdiff.stages.evaluate import run_benchmark
+
+    from tests.project import REPO_ROOT
+    from tests.servers import free_port
+    from tests.tiny_models import save_tiny_world
+
+    world = save_tiny_world(tmp_path / "world", {"train": 1, "val": 1, "test": 2}, {"train": 1, "val": 1, "test": 1})
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts"))
+    name = "focusdiff-baseline"
+    params = load_params(REPO_ROOT / "params.yaml")
+    evaluate = params.evaluate.model_validate({
+        "policy": str(world / "policy"), "data": str(world / "data"), "out": str(tmp_path / "out"),
+        "metrics_dir": str(tmp_path / "metrics"), "bootstrap": 0, "batch_size": 8, "report_pairs": 1,
+        "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2}, "dpg_bench": {"prompts": 1}})
+    nobody = {"answerer": "judge", "judge": {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                                             "model": "nobody", "max_retries": 0}}
+    params = updated(params, tracking=tracking, evaluate=evaluate,
+                     train=updated(params.train, policy=str(world / "policy")),
+                     promote=GateConfig(model_name=name, margin=0.0, bootstrap=200))
+    client = MlflowClient(tracking.uri)
+
+    # DPG-Bench's answerer is down: the base is registered and evaluated, but not crowned
+    broken = updated(params, evaluate=evaluate.model_validate({**evaluate.model_dump(), "dpg_bench": nobody}))
+    with pytest.raises(Exception, match="127.0.0.1"):
+        run_baseline_stage(broken, tmp_path)
+    assert champion(params.promote, tracking) is None
+    assert client.get_model_version(name, "1").tags["eval.dpg_bench.status"].startswith("failed:")
+
+    record = tmp_path / "baseline.json"
+    outcome = run_baseline_stage(params, tmp_path, record)
+    assert outcome["action"] == "crowned" and outcome["champion"] == "1", outcome  # the same version, reused
+    assert json.loads(record.read_text())["champion"] == "1"
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    base = client.get_model_version_by_alias(name, "champion")
+    assert base.tags["focusdiff.role"] == "base" and base.tags["base_model"] == str(world / "policy")
+    assert base.tags["gate.decision"] == "first champion"
+    assert all(base.tags[f"eval.{b}.status"] == "complete" for b in BENCHMARKS)
+    assert "the starting policy" in base.description
+    assert not any(a.aliases and "challenger" in a.aliases for a in client.search_model_versions(f"name = '{name}'"))
+
+    again = run_baseline_stage(params, tmp_path)
+    assert again["action"] == "kept" and again["champion"] == "1", again
+    off = run_baseline_stage(updated(params, promote=updated(params.promote, first_champion="none")), tmp_path)
+    assert off["action"] == "off"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    # the first trained challenger (here the same weights), evaluated under the same protocol
+    trained = _register(world / "policy", params.promote, tracking)
+    assert trained.version == "2"
+    for benchmark in BENCHMARKS:
+        run_benchmark(benchmark, evaluate, tracking, registration=trained)
+    decision = promote(params.promote, tracking)
+    assert decision.numbers["champion"] == "1" and decision.numbers["pairs"] > 0, decision
+    assert any("paired bootstrap 95% interval" in r for r in decision.reasons), decision.reasons
+    assert not decision.promote  # the same policy: no gain over the base

@@ -156,3 +156,14 @@ def test_judge_failure_fails_the_evaluation_and_writes_no_metrics(world, tmp_pat
     with pytest.raises(IncompleteEvaluation, match="paircomp: incomplete evaluation, no score reported: the judge could not score 48 images"):
         run_benchmark("paircomp", cfg, _tracking(tmp_path))
     assert not (cfg.metrics_dir / "paircomp.json").exists()
+
+
+@pytest.mark.parametrize(("answer_tokens", "declared"), [(None, False), ("official", False), ("variants", True)])
+def test_summing_word_piece_variants_is_declared_as_a_deviation(world, tmp_path, answer_tokens, declared):
+    """PairComp's evaluator counts the official yes/no entries by default; a run told to sum
+    word-piece variants says so in its deviations."""
+    evaluator = {"backend": "openai", "model": "vlm", "base_url": "http://127.0.0.1:9/v1",
+                 **({"answer_tokens": answer_tokens} if answer_tokens else {})}
+    cfg = _eval_config(world, tmp_path, evaluator=evaluator)
+    suite = paircomp.BENCHMARK.prepare(cfg, tmp_path)
+    assert any("word-piece variant" in d for d in suite.deviations) is declared, suite.deviations

@@ -37,6 +37,21 @@ def test_first_champion_needs_the_floor():
     assert not d.promote and "no champion yet; paircomp.s_g 20.00 < floor 30.00" in d.reasons
 
 
+def test_with_no_champion_the_reasons_name_the_baseline_stage():
+    d = decide(_evidence("1", {"a": ("color", 0.5)}), None, GATE)
+    assert any("`focusdiff baseline`" in r for r in d.reasons), d.reasons
+    off = decide(_evidence("1", {"a": ("color", 0.5)}), None, GateConfig(floor=30.0, first_champion="none"))
+    assert off.reasons == ["no champion yet; paircomp.s_g 50.00 >= floor 30.00"]
+
+
+def test_the_floor_is_an_absolute_bar_also_against_a_champion():
+    base = {f"p{i}": ("color", 0.1) for i in range(40)}
+    d = decide(_evidence("2", {k: (c, g + 0.1) for k, (c, g) in base.items()}), _evidence("1", base), GATE)
+    # +10 points, interval above 0, but s_g 20 < floor 30
+    assert d.numbers["improvement"] == pytest.approx(10.0) and d.numbers["improvement.ci95"][0] > 0
+    assert not d.promote and "paircomp.s_g 20.00 is below the floor 30.00" in d.reasons
+
+
 def test_an_incomplete_or_failed_benchmark_never_promotes():
     status = {**COMPLETE, "geneval": "failed: judge unavailable", "dpg_bench": "missing"}
     d = decide(_evidence("2", {"a": ("color", 0.9)}, status=status), None, GATE)

@@ -136,6 +136,23 @@ def test_answer_tokens_are_every_spelling_and_nothing_else(judge):
     assert set(tokens(judge.no_ids)) == {"no", "No", "NO", "Ġno", "ĠNo", "ĠNO"}
 
 
+def test_official_answer_tokens_are_the_vocabulary_entries_only(judge):
+    """PairComp's official script sums the entries yes/Yes/YES and no/No/NO, not 'Ġyes'."""
+    from focusdiff.judge.hf_judge import answer_token_ids
+
+    yes_ids, no_ids = answer_token_ids(judge.tokenizer, None, "official")
+    tokens = judge.tokenizer.convert_ids_to_tokens
+    assert set(tokens(yes_ids)) == {"yes", "Yes", "YES"} and set(tokens(no_ids)) == {"no", "No", "NO"}
+
+
+def test_official_answer_tokens_sum_less_mass_than_variants(tiny_vlm):
+    official = HFJudge(tiny_vlm, dtype=torch.float32, device="cpu", answer_tokens="official")
+    variants = HFJudge(tiny_vlm, dtype=torch.float32, device="cpu")
+    image = _images(1)[0]
+    [a], [b] = official.judge([image], [PROMPTS[1]]), variants.judge([image], [PROMPTS[1]])
+    assert 0.0 < a.p_yes < b.p_yes and 0.0 < a.p_no < b.p_no
+
+
 def test_verdict_matches_hand_computed_softmax_mass(judge, tiny_vlm):
     image = _images(1)[0]
     [verdict] = judge.judge([image], [PROMPTS[1]])

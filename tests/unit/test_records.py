@@ -88,13 +88,36 @@ def test_the_protocol_tag_is_the_one_the_registry_holds():
                                                      "evaluator": {"backend": "openai", "model": "org/vlm:7b",
                                                                    "base_url": "http://127.0.0.1:9/v1"}}})
     tag = PAIRCOMP.protocol(judged).as_tag()
+    # a judge read off answer tokens records which ones counted: the official entries by default
     assert tag == ("openai:org/vlm:7b|suite=official:val|sampling=cfg_weight=2.0,temperature=1.0,top_k=50,top_p=1.0"
-                   "|seed=7")
+                   "|seed=7|answers=official")
     assert EvaluationProtocol.from_tag(tag).as_tag() == tag
+    variants = judged.model_copy(update={"paircomp": judged.paircomp.model_copy(update={
+        "evaluator": judged.paircomp.evaluator.model_copy(update={"answer_tokens": "variants"})})})
+    other = EvaluationProtocol.from_tag(PAIRCOMP.protocol(variants).as_tag())
+    assert other.answers == "variants" and EvaluationProtocol.from_tag(tag).differences(other) == [
+        "answers: 'official' vs 'variants'"]
+    # a tag written before the choice existed (variants were summed) compares with neither
+    old = EvaluationProtocol.from_tag(tag.removesuffix("|answers=official"))
+    assert old.answers == "" and old.as_tag() != tag
+
+
+def test_the_paircomp_evaluator_counts_the_official_answer_tokens_unless_told():
+    from focusdiff.eval.paircomp import BENCHMARK as PAIRCOMP
+
+    served = {"backend": "openai", "model": "vlm", "base_url": "http://127.0.0.1:9/v1"}
+    assert EvalConfig.model_validate({"paircomp": {"evaluator": served}}).paircomp.evaluator.answer_tokens == "official"
+    told = EvalConfig.model_validate({"paircomp": {"evaluator": {**served, "answer_tokens": "variants"}}})
+    assert told.paircomp.evaluator.answer_tokens == "variants"
+    assert PAIRCOMP.protocol(told).answers == "variants"
+    from focusdiff.judge.spec import JudgeSpec
+    assert JudgeSpec().answer_tokens == "variants"  # a reward judge sums every spelling
 
 
 @pytest.mark.parametrize(("tag", "field", "message"), [
-    ("exact|shapes", None, "2 '|'-separated parts, not 4"),
+    ("exact|shapes", None, "2 '|'-separated parts, not 4 or 5"),
+    (DEFAULT_TAG + "|answers=all", "answers", "Input should be '', 'official' or 'variants'"),
+    (DEFAULT_TAG + "|tokens=official", "answers", "is not answers=..."),
     (DEFAULT_TAG.replace("exact:", "exact"), "evaluator", "is not backend:model"),
     (DEFAULT_TAG.replace("suite=shapes:test", "suite=shapes"), "suite", "is not suite=<suite>:<split>"),
     (DEFAULT_TAG.replace("seed=0", "seed=x"), "seed", "valid integer"),
