@@ -331,6 +331,8 @@ def evaluate(
         console.print(table)
         for d in result.deviations:
             console.print(f"deviation: {d}")
+        console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.seconds.items()),
+                      highlight=False)
         console.print(f"wrote {result.metrics_file} and {result.folder}; MLflow run {result.mlflow_run_id}")
 
 

@@ -14,6 +14,7 @@ Credentials (e.g. MLFLOW_TRACKING_TOKEN, AWS_*) come from the environment only.
 from __future__ import annotations
 
 import os
+import sys
 import subprocess
 import time
 from collections.abc import Mapping
@@ -108,8 +109,13 @@ def git_commit(cwd: str | Path = ".") -> dict[str, str]:
 
 
 def prefect_flow_run_id() -> str | None:
+    """The Prefect flow run this process works for: FLOW_RUN_ENV (set for the stages a flow
+    starts as subprocesses, and for cluster jobs), else the flow run this process runs. A process
+    that has not imported prefect runs no flow: importing it only to ask costs ~1 s per command."""
     if os.environ.get(FLOW_RUN_ENV):
         return os.environ[FLOW_RUN_ENV]
+    if "prefect" not in sys.modules:
+        return None
     try:
         from prefect.runtime import flow_run
 

@@ -10,7 +10,9 @@ Outputs per benchmark:
     <out>/<benchmark>/generation.json  which policy, seed and sampling drew the images
     <out>/<benchmark>/scores.jsonl     one row per image (GenEval: results.jsonl)
     <out>/<benchmark>/...              the benchmark's own files (PairComp: pairs.jsonl, report.html)
-    <metrics_dir>/<benchmark>.json     headline numbers, 95% intervals, deviations (DVC metrics; the stage writes it)
+    <metrics_dir>/<benchmark>.json     headline numbers, 95% intervals, deviations and the time split
+                                       (prepare, generate, score, aggregate; the stage adds load and track)
+                                       (DVC metrics; the stage writes it)
 
 Images are reused only when generation.json matches the policy (a cheap checkpoint
 fingerprint), seed and sampling; otherwise they are drawn again. Any image without a
@@ -85,6 +87,7 @@ def evaluate(benchmark: Benchmark, cfg: EvalConfig, policy, progress: Callable[[
     name = benchmark.name
     folder = cfg.out / name
     folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     suite = benchmark.prepare(cfg, folder)
     t0 = time.perf_counter()
     images = prepare_images(folder, generation_identity(cfg, policy))
@@ -105,8 +108,9 @@ def evaluate(benchmark: Benchmark, cfg: EvalConfig, policy, progress: Callable[[
     atomic_write_text(folder / benchmark.rows_file, jsonl_text(rows))
     for file, content in benchmark.files(suite, rows, metrics, intervals).items():
         (atomic_write_text if isinstance(content, str) else atomic_write_json)(folder / file, content)
+    t3 = time.perf_counter()
     return EvalResult(name, metrics, intervals, suite.deviations, folder, cfg.metrics_dir / f"{name}.json",
-                      {"generate_s": t1 - t0, "score_s": t2 - t1})
+                      {"prepare_s": t0 - start, "generate_s": t1 - t0, "score_s": t2 - t1, "aggregate_s": t3 - t2})
 
 
 def run_paircomp(cfg: EvalConfig, policy, progress: Callable[[int], None] = lambda n: None) -> EvalResult:

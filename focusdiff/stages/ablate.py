@@ -65,9 +65,17 @@ class Cell:
     metrics: dict[str, float]
 
 
-def _paircomp(params: Params, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
+def _paircomp(params: Params, policy, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
     cfg = _eval_config(params, out, evaluator, repeat).model_copy(update={"policy": policy_dir})
-    return run_paircomp(cfg, load_policy(policy_dir), lambda n: None).metrics
+    return run_paircomp(cfg, policy, lambda n: None).metrics
+
+
+def score_policy(params: Params, policy_dir: str, out: Path, evaluators: dict[str, JudgeSpec],
+                 repeat: int = 0) -> dict[str, dict[str, float]]:
+    """One policy's PairComp by each evaluator, as the ablation measures it: the policy is loaded
+    once and its images drawn once (the later evaluators find them valid and reuse them)."""
+    policy = load_policy(policy_dir)
+    return {name: _paircomp(params, policy, policy_dir, out, spec, repeat) for name, spec in evaluators.items()}
 
 
 def _eval_config(params: Params, out: Path, evaluator, repeat: int):
@@ -93,8 +101,9 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
     repeats = range(eval_repeats)
     cells: list[Cell] = []
+    base_policy = load_policy(params.train.policy)
     for name, spec in judges.items():
-        base = [_paircomp(params, params.train.policy, _repeat_dir(out / "base", r), spec, r) for r in repeats]
+        base = [_paircomp(params, base_policy, params.train.policy, _repeat_dir(out / "base", r), spec, r) for r in repeats]
         cells += [Cell("base", s, name, _mean(base)) for s in seeds]  # the base is not trained: one measurement
     for variant in variants or list(VARIANTS):
         for seed in seeds:
@@ -120,8 +129,10 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                     todo.setdefault(wanted[w], w)
                 if not retrain:
                     print(f"{run_dir}: reusing its trained policy; scoring {len(todo)} missing evaluation(s)")
+                policy = load_policy(str(cfg.out))
                 for eval_key, (name, r) in todo.items():
-                    scores[eval_key] = _paircomp(params, str(cfg.out), _repeat_dir(run_dir / "eval", r), judges[name], r)
+                    scores[eval_key] = _paircomp(params, policy, str(cfg.out), _repeat_dir(run_dir / "eval", r),
+                                                 judges[name], r)
                     atomic_write_json(run_dir / CELLS_FILE, {"train_key": key, "scores": scores})
             cells += [Cell(variant, seed, name, _mean([scores[wanted[name, r]] for r in repeats])) for name in judges]
             log({f"ablate.{variant}.seed{seed}.{k}": v for c in cells[-2:] for k, v in c.metrics.items()

@@ -95,11 +95,11 @@ def test_a_fifth_benchmark_runs_through_the_one_path(tmp_path, monkeypatch, one_
     assert written["metrics"] == result.metrics and written["deviations"] == ["suite: five ShapesWorld prompts, a test fixture"]
     low, high = written["intervals"]["tiny.overall"]
     assert low <= result.metrics["tiny.overall"] <= high
-    assert set(written["seconds"]) == {"generate_s", "score_s"}
+    assert set(written["seconds"]) == {"load_s", "prepare_s", "generate_s", "score_s", "aggregate_s", "track_s"}
 
     run = mlflow.MlflowClient(_tracking(tmp_path).uri).get_run(result.mlflow_run_id)
     assert run.data.tags["mlflow.runName"] == "evaluate_tiny" and run.data.tags["benchmark"] == "tiny"
-    assert {"tiny.overall", "tiny.overall.ci95_low", "tiny.overall.ci95_high", "tiny.generate_s"} <= set(run.data.metrics)
+    assert {"tiny.overall", "tiny.overall.ci95_low", "tiny.overall.ci95_high", "tiny.generate_s", "tiny.track_s"} <= set(run.data.metrics)
     assert run.data.tags["deviations"] == "suite: five ShapesWorld prompts, a test fixture"
 
     again = stage.run_benchmark("tiny", cfg, _tracking(tmp_path))  # same seed: same images, same interval
