@@ -281,17 +281,27 @@ def ablate(
     params: ParamsOpt = Path("params.yaml"),
     seeds: Annotated[list[int], typer.Option("--seed", help="training seeds (repeat; >= 3 for the table)")] = [0, 1, 2],
     variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (default: all)")] = None,
-    out: Annotated[Path, typer.Option(help="runs and ablation.json")] = Path("outputs/ablate"),
+    out: Annotated[Path, typer.Option(help="trained policies and their images (scratch, not committed)")] = Path("outputs/ablate"),
+    results: Annotated[Path, typer.Option(help="one committed record per cell (scores, configuration hash, git "
+                                               "commit, wall time) and table.md")] = Path("results/ablation"),
     eval_repeats: Annotated[int, typer.Option(min=1, help="PairComp draws per policy, averaged (one draw's s_g is noisy)")] = 3,
+    report: Annotated[bool, typer.Option("--report", help="only rebuild the tables from the records in --results")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
-    over seeds; PairComp s_a/s_g by the reward judge and by the exact checker."""
+    over seeds; PairComp s_a/s_g by the reward judge and by the exact checker. Runs cell by cell
+    (`--variant grpo --seed 0` is one cell); a cell whose record holds every score is skipped."""
+    if report:
+        from focusdiff.stages.ablate import report as rebuild_tables
+
+        console.print(rebuild_tables(results))
+        console.print(f"wrote {results / 'table.md'}")
+        return
     from focusdiff.stages.ablate import run_ablate_stage
 
-    text = run_ablate_stage(params, seeds, out, variant, eval_repeats, set_)
+    text = run_ablate_stage(params, seeds, out, variant, eval_repeats, set_, results)
     console.print(text)
-    console.print(f"wrote {out / 'ablation.json'}")
+    console.print(f"wrote the cells' records and {results / 'table.md'}")
 
 
 @app.command("evaluate")

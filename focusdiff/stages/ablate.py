@@ -18,25 +18,33 @@ One draw of PairComp's images is noisy: on 180 test pairs the base's s_g is 23.9
 repeat r drawing its images with seed `evaluate.seed + r * REPEAT_SEED_STRIDE`, and a cell
 holds the mean over repeats (the PairComp score of all repeats' images pooled).
 
-The whole ablation is hours on a CPU, so each (variant, seed) run keeps its scores in
-<out>/<variant>-seed<seed>/cells.json, keyed by the training configuration and, per score,
-by the evaluation configuration. A rerun reuses every score it finds (and says so), and
-scores only what is missing, with the trained policy already there, so adding repeats
-does not train again. The code is not part of these keys: after changing it, delete the
-folder.
+The whole ablation is hours on a CPU, so it runs (and survives) cell by cell: a cell is the
+base, or one (variant, seed), and `focusdiff ablate --variant grpo --seed 0` runs just that one
+(one training, about 9 minutes, and its evaluations: well under the 40 minutes a command may
+take). Each finished cell writes one small record under the results folder (committed to git,
+default results/ablation/<variant>-seed<seed>.json, base.json): its scores by evaluation, the
+configuration's hash (training and evaluation keys), the git commit and the wall time. A rerun
+skips a cell whose record holds every score the current configuration asks for, scores only
+what is missing when the trained policy is still on this machine (<out>/<variant>-seed<seed>/),
+and refuses to overwrite a record of another configuration (a committed result is never
+lost: give another --results folder). `focusdiff ablate --report` rebuilds the tables
+(results/ablation/table.md, the README's) from the records alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from focusdiff.config import Params, load_params, parse_overrides
+from focusdiff.data.schema import CATEGORIES
 from focusdiff.errors import ConfigError, DataError
 from focusdiff.eval.orchestrate import run_paircomp
 from focusdiff.io import atomic_write_json, atomic_write_text
@@ -44,8 +52,9 @@ from focusdiff.judge.select import build_judge
 from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
+from focusdiff.records import validation_error
 from focusdiff.stages.train import step_summary
-from focusdiff.tracking import StageRun
+from focusdiff.tracking import StageRun, git_commit
 from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -53,7 +62,9 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
 }
-CELLS_FILE = "cells.json"  # a run's scores, beside its policy
+RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
+TABLE_FILE = "table.md"
+TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
 REPEAT_SEED_STRIDE = 100_000  # repeat r draws image k with seed evaluate.seed + r * stride + k: no overlap
 
 
@@ -63,6 +74,51 @@ class Cell:
     seed: int
     judge: str  # "reward" or "exact"
     metrics: dict[str, float]
+
+
+class CellRecord(BaseModel):
+    """One finished cell, as committed under the results folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant: str  # "base" or one of VARIANTS
+    seed: int | None  # the training seed (None for the base: it is not trained)
+    train_key: str  # hash of the training configuration (the base: of its policy)
+    evaluations: dict[str, list[str]]  # judge ("reward", "exact") -> its evaluation keys, one per repeat
+    scores: dict[str, dict[str, float]]  # evaluation key -> PairComp metrics
+    git: dict[str, str]  # commit (and dirty) of the code that produced it
+    wall_s: dict[str, float]  # train_s (0 for the base), eval_s
+    finished_at: str
+
+    def cells(self) -> list[Cell]:
+        """The table's cells: per judge, the mean over its repeats."""
+        return [Cell(self.variant, -1 if self.seed is None else self.seed, judge, _mean([self.scores[k] for k in keys]))
+                for judge, keys in self.evaluations.items()]
+
+
+def record_path(results: Path, variant: str, seed: int | None) -> Path:
+    return results / ("base.json" if variant == "base" else f"{variant}-seed{seed}.json")
+
+
+def load_record(path: Path) -> CellRecord:
+    """The record at `path`; a RecordError naming the file and field when it is not one."""
+    try:
+        return CellRecord.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise validation_error(exc, path, " (not a finished ablation cell's record; move it away to rerun the cell)") from None
+
+
+def _record_for(path: Path, train_key: str) -> CellRecord | None:
+    """The record of this cell trained with this configuration; None when there is none yet.
+    A record of another configuration is an error: overwriting it would lose a committed result."""
+    if not path.is_file():
+        return None
+    record = load_record(path)
+    if record.train_key != train_key:
+        raise DataError(f"{path}: this cell was run with another training configuration (train key "
+                        f"{record.train_key[:12]}, now {train_key[:12]}); a committed result is not overwritten: "
+                        "give another --results folder for this configuration, or move the file")
+    return record
 
 
 def _paircomp(params: Params, policy, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
@@ -95,67 +151,98 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str] | None = None,
-                 eval_repeats: int = 1, log=lambda metrics, step: None) -> list[Cell]:
+                 eval_repeats: int = 1, log=lambda metrics, step: None, results: Path = RESULTS) -> list[Cell]:
+    """Every cell asked for (the base, then each variant x seed), each skipped when its record
+    holds every score, else trained (if its policy is not here) and scored, its record written."""
     if eval_repeats < 1:
         raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
-    repeats = range(eval_repeats)
-    cells: list[Cell] = []
-    base_policy = load_policy(params.train.policy)
-    for name, spec in judges.items():
-        base = [_paircomp(params, base_policy, params.train.policy, _repeat_dir(out / "base", r), spec, r) for r in repeats]
-        cells += [Cell("base", s, name, _mean(base)) for s in seeds]  # the base is not trained: one measurement
+    wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in range(eval_repeats)}
+    cells = _run_cell(params, judges, wanted, results, out / "base", "base", None,
+                      _hash({"base": params.train.policy}), params.train.policy, None)
+    cells = [Cell("base", s, c.judge, c.metrics) for s in seeds for c in cells]  # the base is one measurement
     for variant in variants or list(VARIANTS):
         for seed in seeds:
             run_dir = out / f"{variant}-seed{seed}"
             cfg = params.train.model_copy(update={**VARIANTS[variant], "seed": seed, "out": run_dir / "policy",
                                                   "checkpoint_dir": run_dir / "checkpoints",
                                                   "metrics_dir": run_dir / "metrics"})
-            key = _train_key(cfg)
-            wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in repeats}
-            saved = _saved_scores(run_dir / CELLS_FILE, key)
-            scores = saved or {}
-            missing = [w for w in wanted if wanted[w] not in scores]
-            if not missing:
-                print(f"{run_dir}: reusing the scores of a finished run with this configuration (delete it to retrain)")
-            else:
-                retrain = saved is None or not (cfg.out / "model.safetensors").is_file()
-                if retrain:
-                    with Reporter(f"train {variant} seed {seed}", cfg.steps, describe=step_summary) as progress:
-                        train(cfg, build_judge(cfg.judge), on_progress=progress.update)
-                    scores, missing = {}, list(wanted)
-                todo: dict[str, tuple[str, int]] = {}  # by key: with the exact checker as reward judge, one serves both
-                for w in missing:
-                    todo.setdefault(wanted[w], w)
-                if not retrain:
-                    print(f"{run_dir}: reusing its trained policy; scoring {len(todo)} missing evaluation(s)")
-                policy = load_policy(str(cfg.out))
-                for eval_key, (name, r) in todo.items():
-                    scores[eval_key] = _paircomp(params, policy, str(cfg.out), _repeat_dir(run_dir / "eval", r),
-                                                 judges[name], r)
-                    atomic_write_json(run_dir / CELLS_FILE, {"train_key": key, "scores": scores})
-            cells += [Cell(variant, seed, name, _mean([scores[wanted[name, r]] for r in repeats])) for name in judges]
-            log({f"ablate.{variant}.seed{seed}.{k}": v for c in cells[-2:] for k, v in c.metrics.items()
+            cell = _run_cell(params, judges, wanted, results, run_dir, variant, seed, _train_key(cfg), str(cfg.out), cfg)
+            cells += cell
+            log({f"ablate.{variant}.seed{seed}.{k}": v for c in cell for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
-    atomic_write_json(out / "ablation.json", [c.__dict__ for c in cells])
     return cells
 
 
+def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[str, int], str], results: Path,
+              run_dir: Path, variant: str, seed: int | None, train_key: str, policy_dir: str, cfg) -> list[Cell]:
+    """One cell: reuse its record, or train (`cfg`; None for the base) and score what is missing."""
+    path = record_path(results, variant, seed)
+    saved = _record_for(path, train_key)
+    evaluations = {name: [wanted[n, r] for n, r in sorted(wanted) if n == name] for name in judges}
+    missing = [w for w in wanted if saved is None or wanted[w] not in saved.scores]
+    if not missing:
+        print(f"{path}: every score of this configuration is there; skipping the cell")
+        record = saved.model_copy(update={"evaluations": evaluations})
+    else:
+        scores = dict(saved.scores) if saved else {}
+        wall = dict(saved.wall_s) if saved else {"train_s": 0.0, "eval_s": 0.0}
+        trained_key = run_dir / TRAIN_KEY_FILE  # which configuration the policy in run_dir was trained with
+        if cfg is not None and not (trained_key.is_file() and trained_key.read_text("utf-8") == train_key
+                                    and (cfg.out / "model.safetensors").is_file()):
+            started = time.perf_counter()
+            with Reporter(f"train {variant} seed {seed}", cfg.steps, describe=step_summary) as progress:
+                train(cfg, build_judge(cfg.judge), on_progress=progress.update)
+            atomic_write_text(trained_key, train_key)
+            scores, missing = {}, list(wanted)
+            wall = {"train_s": time.perf_counter() - started, "eval_s": 0.0}
+        elif cfg is not None:
+            print(f"{run_dir}: reusing the policy trained with this configuration; scoring {len(missing)} evaluation(s)")
+        todo: dict[str, tuple[str, int]] = {}  # by key: with the exact checker as reward judge, one serves both
+        for w in missing:
+            todo.setdefault(wanted[w], w)
+        policy = load_policy(policy_dir)
+        for eval_key, (name, r) in todo.items():
+            started = time.perf_counter()
+            scores[eval_key] = _paircomp(params, policy, policy_dir, _repeat_dir(run_dir / "eval", r), judges[name], r)
+            wall["eval_s"] += time.perf_counter() - started
+        record = CellRecord(variant=variant, seed=seed, train_key=train_key, evaluations=evaluations, scores=scores,
+                            git=git_commit(), wall_s=wall, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if record != saved:
+        results.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record.model_dump(mode="json"))
+    return record.cells()
+
+
+def report(results: Path = RESULTS) -> str:
+    """The tables from the committed records alone (no training, no evaluation): the base and
+    every variant's cells, mean +- std over seeds; written to <results>/table.md."""
+    records = [load_record(p) for p in sorted(results.glob("*.json"))]
+    if not records:
+        raise DataError(f"{results}: no ablation cell records (run `focusdiff ablate` first)")
+    order = {v: i for i, v in enumerate(["base", *VARIANTS])}
+    records.sort(key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed if r.seed is not None else -1))
+    cells = [c for r in records for c in r.cells()]
+    text = markdown(cells)
+    atomic_write_text(results / TABLE_FILE, text + "\n")
+    return text
+
+
 def run_ablate_stage(params_file: Path, seeds: list[int], out: Path, variants: list[str] | None = None,
-                     eval_repeats: int = 3, overrides: list[str] | None = None) -> str:
-    """`focusdiff ablate`: the ablation in an MLflow run `ablate`, which keeps <out>/table.md and
-    <out>/ablation.json; returns the markdown table."""
+                     eval_repeats: int = 3, overrides: list[str] | None = None, results: Path = RESULTS) -> str:
+    """`focusdiff ablate`: the cells asked for in an MLflow run `ablate`, which keeps their records
+    and the table; returns the markdown table of every record in `results` (`report`)."""
     unknown = sorted(set(variants or []) - set(VARIANTS))
     if unknown:  # before loading anything: a typo should not wait for the parameter file
         raise ConfigError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     params = load_params(params_file, overrides=parse_overrides(overrides))
     with StageRun(params.tracking, "ablate", params={"train": params.train.model_dump(mode="json"), "seeds": seeds,
-                                                       "eval_repeats": eval_repeats}) as run:
-        cells = run_ablation(params, seeds, out, variants, eval_repeats, log=lambda m, step: run.log_metrics(m, step))
-        text = markdown(cells)
-        atomic_write_text(out / "table.md", text + "\n")
-        run.log_artifact(out / "table.md", "ablate")
-        run.log_artifact(out / "ablation.json", "ablate")
+                                                       "eval_repeats": eval_repeats, "results": str(results)}) as run:
+        run_ablation(params, seeds, out, variants, eval_repeats, log=lambda m, step: run.log_metrics(m, step),
+                     results=results)
+        text = report(results)
+        for path in sorted(results.glob("*")):
+            run.log_artifact(path, "ablate")
     return text
 
 
@@ -176,19 +263,6 @@ def _eval_key(params: Params, spec, repeat: int) -> str:
     return _hash(cfg.model_dump(mode="json", exclude={"out", "metrics_dir", "policy"}))
 
 
-def _saved_scores(path: Path, key: str) -> dict[str, dict] | None:
-    """The scores saved for a run trained with this configuration, by evaluation key; None
-    when there is no such run. A file that does not parse is an error naming it, not a silent
-    retrain over it."""
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text("utf-8"))
-        return dict(saved["scores"]) if saved["train_key"] == key else None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: not a finished ablation run's scores ({exc}); delete it to rerun that run") from exc
-
-
 def table(cells: list[Cell], judge: str) -> list[dict[str, Any]]:
     """One row per variant: mean and std over seeds of every PairComp metric."""
     rows = []
@@ -206,7 +280,8 @@ def markdown(cells: list[Cell]) -> str:
     lines = []
     for judge in ("exact", "reward"):
         rows = table(cells, judge)
-        cats = [k.split(".")[1] for k in rows[0] if k.startswith("paircomp.") and k.endswith(".s_g") and k.count(".") == 2]
+        found = {k.split(".")[1] for k in rows[0] if k.startswith("paircomp.") and k.endswith(".s_g") and k.count(".") == 2}
+        cats = [c for c in CATEGORIES if c in found]  # PairComp's order, however the scores were stored
         head = ["variant", "s_a", "s_g", *[f"{c} s_g" for c in cats]]
         lines += [f"**Scored by the {'exact checker (held out)' if judge == 'exact' else 'reward judge'}**", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -216,7 +291,3 @@ def markdown(cells: list[Cell]) -> str:
                                             *[cell(f"paircomp.{c}.s_g") for c in cats]]) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def load_cells(path: Path) -> list[Cell]:
-    return [Cell(**c) for c in json.loads(path.read_text("utf-8"))]

@@ -372,52 +372,68 @@ def test_launch_configs_point_at_existing_deepspeed_files():
             assert ds["train_micro_batch_size_per_gpu"] == 1
 
 
-def test_ablation_runs_every_variant_and_tabulates_both_judges(world, tmp_path):
+def test_ablation_runs_cell_by_cell_and_its_records_rebuild_the_tables(world, tmp_path):
     from focusdiff.config import load_params
     from focusdiff.eval.configs import EvalConfig
-    from focusdiff.stages.ablate import REPEAT_SEED_STRIDE, markdown, run_ablation, table
+    from focusdiff.records import RecordError
+    from focusdiff.stages.ablate import REPEAT_SEED_STRIDE, load_record, markdown, report, run_ablation, table
 
     params = load_params(REPO / "params.yaml")
     params = params.model_copy(update={
         "train": GRPOConfig.model_validate(_config(world, tmp_path, steps=1)),
         "evaluate": EvalConfig.model_validate({"data": str(world / "data"), "bootstrap": 0}),
     })
-    cells = run_ablation(params, seeds=[0, 1], out=tmp_path / "ablate", variants=["grpo", "pair-grpo"])
+    out, results = tmp_path / "ablate", tmp_path / "results"
+    cells = run_ablation(params, seeds=[0, 1], out=out, variants=["grpo", "pair-grpo"], results=results)
     assert {(c.variant, c.judge) for c in cells} == {(v, j) for v in ("base", "grpo", "pair-grpo") for j in ("reward", "exact")}
     rows = table(cells, "exact")
     assert [r["variant"] for r in rows] == ["base", "grpo", "pair-grpo"] and all(r["seeds"] == 2 for r in rows)
     assert rows[0]["paircomp.s_g"][1] == 0.0  # the base is one measurement, repeated
     text = markdown(cells)
     assert "**Scored by the exact checker (held out)**" in text and "| pair-grpo | " in text
-    assert (tmp_path / "ablate" / "ablation.json").is_file()
+    # one small record per cell: scores, configuration hash, git commit, wall time
+    assert sorted(p.name for p in results.iterdir()) == ["base.json", "grpo-seed0.json", "grpo-seed1.json",
+                                                         "pair-grpo-seed0.json", "pair-grpo-seed1.json"]
+    record = load_record(results / "grpo-seed0.json")
+    assert record.variant == "grpo" and record.seed == 0 and len(record.train_key) == 64
+    assert record.wall_s["train_s"] > 0 and record.wall_s["eval_s"] > 0 and record.git.get("git.commit") is not None
+    assert load_record(results / "base.json").wall_s["train_s"] == 0.0
+    # the tables come back from the records alone (the README's)
+    shutil.rmtree(out)
+    rebuilt = report(results)
+    assert (results / "table.md").read_text() == rebuilt + "\n"
+    assert rebuilt == text
+    assert [r["variant"] for r in table([c for p in sorted(results.glob("*.json")) for c in load_record(p).cells()],
+                                        "exact")] == ["base", "grpo", "pair-grpo"]
 
-    # a rerun with the same configuration reuses every finished run's scores instead of training again
-    for run in ("grpo-seed0", "grpo-seed1", "pair-grpo-seed0", "pair-grpo-seed1"):
-        shutil.rmtree(tmp_path / "ablate" / run / "policy")  # retraining would need (and rewrite) these
-    again = run_ablation(params, seeds=[0, 1], out=tmp_path / "ablate", variants=["grpo", "pair-grpo"])
+    # a rerun with the same configuration skips every finished cell: nothing trains (no policy is left to reuse)
+    again = run_ablation(params, seeds=[0, 1], out=out, variants=["grpo", "pair-grpo"], results=results)
     assert [c.__dict__ for c in again if c.variant != "base"] == [c.__dict__ for c in cells if c.variant != "base"]
-    assert not (tmp_path / "ablate" / "grpo-seed0" / "policy").exists()
-    # another configuration trains that run again; a damaged scores file is an error naming it
-    (tmp_path / "ablate" / "grpo-seed1" / "cells.json").write_text("{not json")
-    with pytest.raises(DataError, match=r"grpo-seed1/cells.json: not a finished ablation run's scores"):
-        run_ablation(params, seeds=[1], out=tmp_path / "ablate", variants=["grpo"])
+    assert not (out / "grpo-seed0" / "policy").exists()
+    # a damaged record is an error naming it; a record of another configuration is never overwritten
+    (results / "grpo-seed1.json").write_text("{not json")
+    with pytest.raises(RecordError, match=r"grpo-seed1\.json: Invalid JSON"):
+        run_ablation(params, seeds=[1], out=out, variants=["grpo"], results=results)
     other = params.model_copy(update={"train": params.train.model_copy(update={"beta": 0.5})})
-    run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"])
-    trained = tmp_path / "ablate" / "grpo-seed0" / "policy" / "model.safetensors"
+    with pytest.raises(DataError, match=r"grpo-seed0\.json: this cell was run with another training configuration"):
+        run_ablation(other, seeds=[0], out=out, variants=["grpo"], results=results)
+    elsewhere = tmp_path / "results-beta"
+    run_ablation(other, seeds=[0], out=out, variants=["grpo"], results=elsewhere)
+    trained = out / "grpo-seed0" / "policy" / "model.safetensors"
     assert trained.is_file()
 
     # more evaluation repeats score the trained policy again with other seeds, without training again
     before = trained.stat().st_mtime_ns
-    first = run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"])
-    two = run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"], eval_repeats=2)
+    first = run_ablation(other, seeds=[0], out=out, variants=["grpo"], results=elsewhere)
+    two = run_ablation(other, seeds=[0], out=out, variants=["grpo"], eval_repeats=2, results=elsewhere)
     assert trained.stat().st_mtime_ns == before
-    second = json.loads((tmp_path / "ablate" / "grpo-seed0" / "eval-r1" / "paircomp" / "generation.json").read_text())
+    second = json.loads((out / "grpo-seed0" / "eval-r1" / "paircomp" / "generation.json").read_text())
     assert second["seed"] == params.evaluate.seed + REPEAT_SEED_STRIDE
-    saved = json.loads((tmp_path / "ablate" / "grpo-seed0" / "cells.json").read_text())["scores"]
+    saved = load_record(elsewhere / "grpo-seed0.json").scores
     assert len(saved) == 2  # 2 repeats; this test's reward judge is the exact checker, so one score serves both
     once = next(c for c in first if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
     repeats = [m["paircomp.s_g"] for m in saved.values()]
     mean = next(c for c in two if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
     assert once in repeats and mean == pytest.approx(np.mean(repeats))
     with pytest.raises(ValueError, match="eval_repeats must be >= 1, got 0"):
-        run_ablation(other, seeds=[0], out=tmp_path / "ablate", variants=["grpo"], eval_repeats=0)
+        run_ablation(other, seeds=[0], out=out, variants=["grpo"], eval_repeats=0, results=elsewhere)
