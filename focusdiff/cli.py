@@ -14,8 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from focusdiff.errors import FocusdiffError
+from focusdiff.errors import FocusdiffError, TrainingPaused
 from focusdiff.redact import redact_urls
+
+EX_TEMPFAIL = 75  # a paused bounded invocation (sysexits.h): run the same command again
 
 app = typer.Typer(
     help="FocusDiff Pair-GRPO: data, training, evaluation and promotion.",
@@ -133,12 +135,15 @@ def shapes_render(
 @bootstrap_app.command("vq")
 def bootstrap_vq(
     params: ParamsOpt = Path("params.yaml"),
+    max_minutes: Annotated[Optional[float], typer.Option(
+        min=0, help="a bounded invocation: stop at the first checkpoint past this many minutes (exit 75); "
+                    "the same command continues from it")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Train the ShapesWorld VQ tokenizer; writes bootstrap.vq.out if it passes its gate."""
     from focusdiff.stages.bootstrap import run_vq_stage
 
-    result = run_vq_stage(_params(params, set_, example_block="bootstrap.vq"))
+    result = run_vq_stage(_params(params, set_, example_block="bootstrap.vq"), max_minutes=max_minutes)
     console.print(f"VQ reconstructions keep {result.accuracy:.2%} of checker clauses; wrote {result.out}")
     console.print(f"MLflow run: {result.mlflow_run_id}")
 
@@ -146,12 +151,15 @@ def bootstrap_vq(
 @bootstrap_app.command("lm")
 def bootstrap_lm(
     params: ParamsOpt = Path("params.yaml"),
+    max_minutes: Annotated[Optional[float], typer.Option(
+        min=0, help="a bounded invocation: stop at the first checkpoint past this many minutes (exit 75); "
+                    "the same command continues from it")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Fine-tune the tiny Janus LM on ShapesWorld; writes bootstrap.lm.out (the shipped base) if it passes its gate."""
     from focusdiff.stages.bootstrap import run_lm_stage
 
-    result = run_lm_stage(_params(params, set_, example_block="bootstrap.lm"))
+    result = run_lm_stage(_params(params, set_, example_block="bootstrap.lm"), max_minutes=max_minutes)
     q = result.quality
     console.print(f"base: single objects {q['single_object_accuracy']:.1%}, all images {q['image_accuracy']:.1%}, "
                   f"pairs {q['pair_accuracy']:.1%}; wrote {result.out}")
@@ -510,6 +518,9 @@ def main() -> None:
     log_to_stderr()  # progress lines when stderr is not a terminal (a redirected log, `dvc repro` in the pipeline)
     try:
         app()  # standalone: typer reports usage errors itself
+    except TrainingPaused as exc:  # a bounded invocation, not a failure: the same command continues
+        err_console.print(f"[bold yellow]paused:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EX_TEMPFAIL)
     except FocusdiffError as exc:
         # redact_urls: a message may quote a configured URL (a judge's base_url, a tracking URI) with its credentials.
         err_console.print(f"[bold red]error:[/] {redact_urls(str(exc))}", highlight=False, soft_wrap=True)

@@ -13,6 +13,12 @@ class FocusdiffError(Exception):
     """Base class of every error the CLI reports without a traceback."""
 
 
+class TrainingPaused(FocusdiffError):
+    """A bounded invocation (`--max-minutes`) reached its time budget and stopped at a checkpoint:
+    running the same command again continues from it. Not a failure, and not a finished stage:
+    the CLI exits 75 (EX_TEMPFAIL) and the stage's MLflow run ends KILLED, tagged `paused`."""
+
+
 class ConfigError(FocusdiffError):
     """A parameter file or recipe is malformed (wrong key, type or range)."""
 

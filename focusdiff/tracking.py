@@ -25,6 +25,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from focusdiff.errors import TrainingPaused
 from focusdiff.tracking_config import TrackingConfig
 from focusdiff.redact import redact_urls
 
@@ -213,7 +214,10 @@ class StageRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None:
+        if isinstance(exc, TrainingPaused):  # a bounded invocation: the next one continues (in a new run)
+            self.client.set_tag(self.run_id, "paused", str(exc)[:5000])
+            self.client.set_terminated(self.run_id, status="KILLED")
+        elif exc is not None:
             self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
             self.client.set_terminated(self.run_id, status="FAILED")
         else:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,17 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import GenerationConfig, JanusForConditionalGeneration, JanusVQVAE
 
-from focusdiff.errors import FocusdiffError
-from focusdiff.io import atomic_directory, atomic_write_json
-from focusdiff.schedule import warmup_cosine
+from focusdiff.errors import TrainingPaused
+from focusdiff.model.checkpoints import load_state, save_state
 from focusdiff.model.configs import LMTrainConfig
+from focusdiff.schedule import warmup_cosine
 from focusdiff.model.policy import Policy
 from focusdiff.model.prompting import build_prompt_batch
 from focusdiff.model.quality import QualityReport, policy_quality
-from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.model.shapes_model import build_config, build_tokenizer
@@ -106,63 +102,20 @@ def run_fingerprint(cfg: LMTrainConfig, vq_dir: Path, holdout: frozenset[tuple[s
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-class CheckpointError(FocusdiffError):
-    """A training checkpoint is corrupt or partial; it is never loaded silently."""
-
-
-def pickle_refused(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
-    """The error for a checkpoint file that `torch.load(weights_only=True)` refused: it holds
-    objects other than tensors and plain containers. Torch's own message goes on to advise
-    weights_only=False, which would run whatever code the file carries; only its diagnosis
-    is kept."""
-    match = re.search(r"WeightsUnpickler error: (.*)", str(error))
-    first = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if match:
-        reason = match.group(1).split(". ")[0]
-    else:  # torch's preamble alone is advice, not a diagnosis
-        reason = "objects torch's safe loader does not allow" if "weights only" in first.lower() else first
-    return CheckpointError(f"{path}: refused, not loaded: it is not a plain tensor/optimizer state ({reason}); "
-                           "a checkpoint this code wrote holds only tensors, so this file is damaged or not one of ours")
-
-
-_CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors")
-
-
 def save_checkpoint(directory: Path, step: int, fingerprint: str, model, opt, stream: "CaptionStream", gen: torch.Generator) -> None:
-    """Everything the loop needs to continue bit for bit, written atomically with file hashes."""
-    with atomic_directory(directory) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        save_file({"generator": gen.get_state()}, tmp / "rng.safetensors")
-        atomic_write_json(tmp / "state.json", {"step": step, "fingerprint": fingerprint, "files": file_hashes(tmp),
-                                               "stream_rng": stream.sampler.rng.bit_generator.state})
+    """Everything the loop needs to continue bit for bit (focusdiff/model/checkpoints.py)."""
+    save_state(directory, step, fingerprint, {"model": model}, opt, {"generator": gen.get_state()},
+               {"stream_rng": stream.sampler.rng.bit_generator.state})
 
 
 def load_checkpoint(directory: Path, fingerprint: str, model, opt, stream: "CaptionStream", gen: torch.Generator) -> int | None:
     """Restore a checkpoint of this run; returns the step to continue from, or None when there is
     none (or it belongs to other parameters). A damaged one raises CheckpointError."""
-    state_file = directory / "state.json"
-    if not state_file.is_file():
+    restored = load_state(directory, fingerprint, {"model": model}, opt)
+    if restored is None:
         return None
-    try:
-        state = json.loads(state_file.read_text("utf-8"))
-        files, step = state["files"], int(state["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{state_file}: unreadable checkpoint state ({exc}); delete {directory} to start over") from None
-    if state.get("fingerprint") != fingerprint:
-        return None  # another run's: this one starts fresh and replaces it
-    for name in _CHECKPOINT_FILES:
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing from the checkpoint; delete {directory} to start over")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != files.get(name):
-            raise CheckpointError(f"{path}: sha256 differs from {state_file} (corrupt); delete {directory} to start over")
-    load_model(model, str(directory / "model.safetensors"))
-    try:
-        opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    except pickle.UnpicklingError as exc:
-        raise pickle_refused(directory / "optimizer.pt", exc) from None
-    gen.set_state(load_file(directory / "rng.safetensors")["generator"])
+    step, tensors, state = restored
+    gen.set_state(tensors["generator"])
     stream.sampler.rng.bit_generator.state = state["stream_rng"]
     return step
 
@@ -173,10 +126,14 @@ def train_lm(
     holdout: frozenset[tuple[str, str]],
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
     checkpoint_dir: Path | None = None,
+    stop_after_s: float | None = None,
 ) -> tuple[Policy, QualityReport]:
     """SFT of a fresh tiny Janus; with `checkpoint_dir`, resumable: every `checkpoint_every` steps
     the full training state is saved there, and a run with the same parameters continues from it
-    (the result equals an uninterrupted run's)."""
+    (the result equals an uninterrupted run's). With `stop_after_s`, the run stops at the first
+    checkpoint past that many seconds (TrainingPaused: run it again to continue)."""
+    if stop_after_s is not None and checkpoint_dir is None:
+        raise ValueError("stop_after_s needs checkpoint_dir: a bounded run continues from its checkpoint")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     policy = new_policy(cfg, vq_dir)
@@ -213,6 +170,9 @@ def train_lm(
                  "lm/captions_per_s": (step + 1 - start) * cfg.batch_size / (time.perf_counter() - t0)}, step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(checkpoint_dir, step + 1, fingerprint, model, opt, stream, gen)
+            if stop_after_s is not None and time.perf_counter() - t0 >= stop_after_s:
+                raise TrainingPaused(f"stopped after {(time.perf_counter() - t0) / 60:.0f} min at step {step + 1} of "
+                                     f"{cfg.steps} (checkpoint in {checkpoint_dir}); run the same command again to continue")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
             report = policy_quality(policy, cfg.eval_pairs_per_category, seed=4321, s=sampling)

@@ -20,16 +20,21 @@ reconstructions of held-out scenes (gate >= 97%).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
-from focusdiff.schedule import warmup_cosine
+from focusdiff.errors import TrainingPaused
+from focusdiff.model.checkpoints import load_state, save_state
 from focusdiff.model.vq_config import VQTrainConfig
+from focusdiff.schedule import warmup_cosine
 from focusdiff.shapes.accuracy import ConditionAccuracy, clause_accuracy, sample_pairs
 from focusdiff.shapes.generate import CATEGORY_ORDER, ShapesSampler
 from focusdiff.shapes.render import render
@@ -93,11 +98,30 @@ def _lr(step: int, cfg) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
+# Fields that do not change the training trajectory: a checkpoint survives changes to them.
+NOT_TRAJECTORY = {"threads", "eval_every", "eval_pairs_per_category", "checkpoint_every", "min_accuracy", "out"}
+
+
+def run_fingerprint(cfg: VQTrainConfig) -> str:
+    """What a checkpoint must match to be resumed: the trajectory's parameters."""
+    what = {"vq": cfg.model_dump(mode="json", exclude=NOT_TRAJECTORY)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
 def train_vq(
     cfg: VQTrainConfig,
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    checkpoint_dir: Path | None = None,
+    stop_after_s: float | None = None,
 ) -> tuple[JanusVQVAE, ConditionAccuracy]:
-    """Train a VQ tokenizer; returns the EMA weights and their held-out reconstruction accuracy."""
+    """Train a VQ tokenizer; returns the EMA weights and their held-out reconstruction accuracy.
+    With `checkpoint_dir`, resumable: every `checkpoint_every` steps the whole state (weights,
+    EMA, optimizer, code usage, random generators) is saved there, and a run with the same
+    trajectory parameters continues from it with an uninterrupted run's result. With
+    `stop_after_s`, the run stops at the first checkpoint past that many seconds
+    (TrainingPaused: run it again to continue)."""
+    if stop_after_s is not None and checkpoint_dir is None:
+        raise ValueError("stop_after_s needs checkpoint_dir: a bounded run continues from its checkpoint")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -112,9 +136,19 @@ def train_vq(
     ema = copy.deepcopy(vq).eval()
     opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     usage = torch.zeros(cfg.codebook_size)
+    fingerprint = run_fingerprint(cfg)
+    start = 0
+    if checkpoint_dir is not None and (restored := load_state(checkpoint_dir, fingerprint, {"model": vq, "ema": ema},
+                                                                opt)) is not None:
+        # every random state the loop draws from, so the rest of the run is the uninterrupted one
+        start, tensors, state = restored
+        usage.copy_(tensors["usage"])
+        torch.set_rng_state(tensors["torch_rng"])
+        stream.sampler.rng.bit_generator.state = state["stream_rng"]
+        log({"vq/resumed_from_step": start}, start)
     t0 = time.perf_counter()
     accuracy = None
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         images = stream.batch(cfg.batch_size)
@@ -147,7 +181,15 @@ def train_vq(
                 usage.zero_()
         if step % 50 == 0:
             log({"vq/loss": loss.item(), "vq/rec_loss": rec_loss.item(), "vq/vq_loss": vq_loss.item(),
-                 "vq/lr": _lr(step, cfg), "vq/images_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)}, step)
+                 "vq/lr": _lr(step, cfg),
+                 "vq/images_per_s": (step + 1 - start) * cfg.batch_size / (time.perf_counter() - t0)}, step)
+        if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_state(checkpoint_dir, step + 1, fingerprint, {"model": vq, "ema": ema}, opt,
+                       {"usage": usage, "torch_rng": torch.get_rng_state()},
+                       {"stream_rng": stream.sampler.rng.bit_generator.state})
+            if stop_after_s is not None and time.perf_counter() - t0 >= stop_after_s:
+                raise TrainingPaused(f"stopped after {(time.perf_counter() - t0) / 60:.0f} min at step {step + 1} of "
+                                     f"{cfg.steps} (checkpoint in {checkpoint_dir}); run the same command again to continue")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             accuracy = clause_accuracy("vq_reconstruction", eval_pairs, lambda b: reconstruct(ema, b))
             log({"vq/reconstruction_clause_accuracy": accuracy.accuracy,

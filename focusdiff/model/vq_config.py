@@ -32,5 +32,6 @@ class VQTrainConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     eval_every: int = Field(1000, ge=1)
     eval_pairs_per_category: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1, description="steps between resumable training checkpoints (beside out)")
     min_accuracy: float = Field(0.97, ge=0, le=1, description="gate: checker clause accuracy on reconstructions")
     out: Path = Field(Path("focusdiff/model/weights/shapes-vq"), description="where the trained VQ is written")

@@ -52,6 +52,7 @@ from focusdiff.judge.select import build_judge
 from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
+from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
 from focusdiff.stages.train import step_summary
 from focusdiff.tracking import StageRun, git_commit
@@ -76,6 +77,18 @@ class Cell:
     metrics: dict[str, float]
 
 
+class Score(BaseModel):
+    """One PairComp evaluation of a cell's policy: its metrics and each test pair's g_i (in the
+    suite's order, named by the suite's hash), so that variants can be compared pair by pair."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metrics: dict[str, float]
+    pairs_sha256: str  # of the suite's (category, caption1, caption2) list
+    categories: list[str]  # each pair's category, in order
+    g: list[float]  # each pair's geometric mean of its 4 images' scores
+
+
 class CellRecord(BaseModel):
     """One finished cell, as committed under the results folder."""
 
@@ -85,15 +98,22 @@ class CellRecord(BaseModel):
     seed: int | None  # the training seed (None for the base: it is not trained)
     train_key: str  # hash of the training configuration (the base: of its policy)
     evaluations: dict[str, list[str]]  # judge ("reward", "exact") -> its evaluation keys, one per repeat
-    scores: dict[str, dict[str, float]]  # evaluation key -> PairComp metrics
+    scores: dict[str, Score]  # evaluation key -> one PairComp evaluation
     git: dict[str, str]  # commit (and dirty) of the code that produced it
     wall_s: dict[str, float]  # train_s (0 for the base), eval_s
     finished_at: str
 
     def cells(self) -> list[Cell]:
         """The table's cells: per judge, the mean over its repeats."""
-        return [Cell(self.variant, -1 if self.seed is None else self.seed, judge, _mean([self.scores[k] for k in keys]))
-                for judge, keys in self.evaluations.items()]
+        return [Cell(self.variant, -1 if self.seed is None else self.seed, judge,
+                     _mean([self.scores[k].metrics for k in keys])) for judge, keys in self.evaluations.items()]
+
+    def pair_scores(self, judge: str) -> Score:
+        """The judge's per-pair g_i, averaged over its repeats (one suite: the repeats draw other images)."""
+        scores = [self.scores[k] for k in self.evaluations[judge]]
+        if len({s.pairs_sha256 for s in scores}) != 1:
+            raise DataError(f"{self.variant} seed {self.seed}: its {judge} repeats were scored on different pair suites")
+        return scores[0].model_copy(update={"g": [float(v) for v in np.mean([s.g for s in scores], axis=0)]})
 
 
 def record_path(results: Path, variant: str, seed: int | None) -> Path:
@@ -121,9 +141,13 @@ def _record_for(path: Path, train_key: str) -> CellRecord | None:
     return record
 
 
-def _paircomp(params: Params, policy, policy_dir: str, out: Path, evaluator, repeat: int) -> dict[str, float]:
+def _paircomp(params: Params, policy, policy_dir: str, out: Path, evaluator, repeat: int) -> Score:
     cfg = _eval_config(params, out, evaluator, repeat).model_copy(update={"policy": policy_dir})
-    return run_paircomp(cfg, policy, lambda n: None).metrics
+    result = run_paircomp(cfg, policy, lambda n: None)
+    rows = [json.loads(line) for line in (result.folder / "pairs.jsonl").read_text("utf-8").splitlines()]
+    suite = [[r["category"], r["caption1"], r["caption2"]] for r in rows]
+    return Score(metrics=result.metrics, pairs_sha256=_hash(suite), categories=[r["category"] for r in rows],
+                 g=[round(float(r["g"]), 6) for r in rows])
 
 
 def score_policy(params: Params, policy_dir: str, out: Path, evaluators: dict[str, JudgeSpec],
@@ -131,7 +155,7 @@ def score_policy(params: Params, policy_dir: str, out: Path, evaluators: dict[st
     """One policy's PairComp by each evaluator, as the ablation measures it: the policy is loaded
     once and its images drawn once (the later evaluators find them valid and reuse them)."""
     policy = load_policy(policy_dir)
-    return {name: _paircomp(params, policy, policy_dir, out, spec, repeat) for name, spec in evaluators.items()}
+    return {name: _paircomp(params, policy, policy_dir, out, spec, repeat).metrics for name, spec in evaluators.items()}
 
 
 def _eval_config(params: Params, out: Path, evaluator, repeat: int):
@@ -223,9 +247,61 @@ def report(results: Path = RESULTS) -> str:
     order = {v: i for i, v in enumerate(["base", *VARIANTS])}
     records.sort(key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed if r.seed is not None else -1))
     cells = [c for r in records for c in r.cells()]
-    text = markdown(cells)
+    text = markdown(cells) + "\n" + differences_markdown(paired_differences(records))
     atomic_write_text(results / TABLE_FILE, text + "\n")
     return text
+
+
+REFERENCES = ("base", "grpo")  # what each variant is compared with, pair by pair
+DIFFERENCE_RESAMPLES = 2000
+
+
+def paired_differences(records: list[CellRecord]) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+    """(judge, variant, reference) -> s_g(variant) - s_g(reference) with its 95% interval, pair by
+    pair on the same test pairs: each pair's g_i averaged over a variant's seeds and repeats, then
+    the gate's paired bootstrap (pairs resampled within their category; registry/gate.py). The
+    spread over training seeds is the tables' ± std; this interval is the evaluation's."""
+    by_variant: dict[str, list[CellRecord]] = {}
+    for record in records:
+        by_variant.setdefault(record.variant, []).append(record)
+    out: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+    for judge in ("exact", "reward"):
+        pairs: dict[str, dict[str, tuple[str, float]]] = {}
+        suites = set()
+        for variant, mine in by_variant.items():
+            scores = [r.pair_scores(judge) for r in mine if judge in r.evaluations]
+            if not scores:
+                continue
+            suites |= {sc.pairs_sha256 for sc in scores}
+            mean_g = np.mean([sc.g for sc in scores], axis=0)
+            pairs[variant] = {str(i): (cat, float(g)) for i, (cat, g) in enumerate(zip(scores[0].categories, mean_g))}
+        if len(suites) > 1:
+            raise DataError(f"the {judge} scores of these records were measured on {len(suites)} different pair suites; "
+                            "only cells measured on one suite can be compared pair by pair")
+        for reference in REFERENCES:
+            for variant in pairs:
+                if variant == reference or reference not in pairs or variant == "base":
+                    continue
+                keys = sorted(pairs[variant], key=int)
+                out[judge, variant, reference] = paired_bootstrap(pairs[variant], pairs[reference], keys,
+                                                                  DIFFERENCE_RESAMPLES, seed=0)
+    return out
+
+
+def differences_markdown(diffs: dict[tuple[str, str, str], tuple[float, float, float]]) -> str:
+    """The paired differences as one table: a row per variant, a column per judge and reference."""
+    columns = [(j, r) for j in ("exact", "reward") for r in REFERENCES if any(k[0] == j and k[2] == r for k in diffs)]
+    if not columns:
+        return ""
+    label = {"exact": "exact checker", "reward": "reward judge"}
+    lines = ["**s_g difference, pair by pair (95% interval of the paired bootstrap)**", "",
+             "| variant | " + " | ".join(f"vs {r} ({label[j]})" for j, r in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for variant in dict.fromkeys(k[1] for k in diffs):
+        cells = [diffs.get((j, variant, r)) for j, r in columns]
+        lines.append(f"| {variant} | " + " | ".join(f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]" if d else "" for d in cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
 
 
 def run_ablate_stage(params_file: Path, seeds: list[int], out: Path, variants: list[str] | None = None,

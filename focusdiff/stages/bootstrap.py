@@ -51,12 +51,16 @@ def _reconstruction_grid(vq, n: int = 12) -> Image.Image:
     return Image.fromarray(rows).resize((rows.shape[1] * 4, rows.shape[0] * 4), Image.NEAREST)
 
 
-def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq") -> VQResult:
+def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_minutes: float | None = None) -> VQResult:
+    """Train, gate and write the VQ. With `max_minutes`, a bounded invocation: it stops at the
+    first checkpoint past that time (TrainingPaused) and the next one continues from it."""
     from focusdiff.model.vq import train_vq
 
     cfg = params.bootstrap.vq
     with StageRun(params.tracking, "bootstrap_vq", params={"bootstrap.vq": cfg.model_dump(mode="json")}) as run:
-        vq, accuracy = train_vq(cfg, log=lambda metrics, step: run.log_metrics(metrics, step))
+        vq, accuracy = train_vq(cfg, log=lambda metrics, step: run.log_metrics(metrics, step),
+                                checkpoint_dir=checkpoint_dir(cfg.out),
+                                stop_after_s=None if max_minutes is None else 60 * max_minutes)
         by_category = {k: v[0] / v[1] for k, v in sorted(accuracy.by_category.items())}
         run.log_metrics({"vq/final_clause_accuracy": accuracy.accuracy, **{f"vq/accuracy.{k}": v for k, v in by_category.items()}})
         run.log_image(_reconstruction_grid(vq), "bootstrap/vq_reconstructions.png")
@@ -76,6 +80,7 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq") -> VQR
                 "mlflow_run_id": run.run_id,
             }
             atomic_write_json(tmp / "record.json", record)
+        shutil.rmtree(checkpoint_dir(cfg.out), ignore_errors=True)
         run.set_tags({"bootstrap.vq.sha256": record["files"].get("model.safetensors", "")})
         return VQResult(out=cfg.out, accuracy=accuracy.accuracy, by_category=by_category, mlflow_run_id=run.run_id)
 
@@ -100,7 +105,8 @@ GRID_PROMPTS = [
 ]
 
 
-def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm") -> LMResult:
+def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm", max_minutes: float | None = None) -> LMResult:
+    """Fine-tune, gate and write the base LM; `max_minutes` as for `run_vq_stage`."""
     from focusdiff.model.sft import train_lm
 
     cfg, vq_dir = params.bootstrap.lm, params.bootstrap.vq.out
@@ -110,7 +116,8 @@ def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm") -> LMR
     logged = {"bootstrap.lm": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout)}
     with StageRun(params.tracking, "bootstrap_lm", params=logged) as run:
         policy, quality = train_lm(cfg, vq_dir, holdout, log=lambda metrics, step: run.log_metrics(metrics, step),
-                                   checkpoint_dir=checkpoint_dir(cfg.out))
+                                   checkpoint_dir=checkpoint_dir(cfg.out),
+                                   stop_after_s=None if max_minutes is None else 60 * max_minutes)
         run.log_dict(quality.model_dump(mode="json"), "bootstrap/base_quality.json")
         run.log_image(sample_grid(policy, GRID_PROMPTS), "bootstrap/base_samples.png")
         if quality.single_object_accuracy < cfg.min_single_object_accuracy:

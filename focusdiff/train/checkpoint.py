@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_write_json
 from focusdiff.records import file_hashes
-from focusdiff.model.sft import CheckpointError, pickle_refused
+from focusdiff.model.checkpoints import CheckpointError, pickle_refused
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 RUN_FILE = "run.json"

