@@ -225,6 +225,7 @@ def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(t
     version it registered. With a champion the stage changes nothing. The first trained challenger
     is then gated pair by pair against the base, with its interval."""
     from focusdiff.config import load_params, updated
+    from focusdiff.eval.errors import IncompleteEvaluation
     from focusdiff.stages.baseline import run_baseline_stage
     from focusdiff.stages.evaluate import run_benchmark
 
@@ -245,11 +246,12 @@ def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(t
     params = updated(params, tracking=tracking, evaluate=evaluate,
                      train=updated(params.train, policy=str(world / "policy")),
                      promote=GateConfig(model_name=name, margin=0.0, bootstrap=200))
-    client = MlflowClient(tracking.uri)
+    # the registry named: a client's default is MLflow's process-wide registry URI, another test's
+    client = MlflowClient(tracking.uri, registry_uri=tracking.uri)
 
     # DPG-Bench's answerer is down: the base is registered and evaluated, but not crowned
     broken = updated(params, evaluate=evaluate.model_validate({**evaluate.model_dump(), "dpg_bench": nobody}))
-    with pytest.raises(Exception, match="127.0.0.1"):
+    with pytest.raises(IncompleteEvaluation, match=r"dpg_bench: incomplete evaluation.*ConnectError.*127\.0\.0\.1"):
         run_baseline_stage(broken, tmp_path)
     assert champion(params.promote, tracking) is None
     assert client.get_model_version(name, "1").tags["eval.dpg_bench.status"].startswith("failed:")
