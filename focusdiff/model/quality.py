@@ -21,7 +21,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from focusdiff.model.policy import Policy
-from focusdiff.model.sampler import SamplingConfig, encode_images, sample
+from focusdiff.model.sampler import SamplingConfig, sample
+from focusdiff.model.vq import LocalityReport, tokenizer_locality
 from focusdiff.shapes.accuracy import sample_pairs
 from focusdiff.shapes.checker import check_description
 from focusdiff.shapes.generate import SampledPair
@@ -80,31 +81,10 @@ def policy_quality(
     )
 
 
-class LocalityReport(BaseModel):
-    tokens: int  # image tokens per image (a square grid)
-    tokens_changed: dict[str, float]  # per category, mean over pairs: tokens that differ between a pair's images
-    blocks_changed: dict[str, float]  # per category, mean over pairs: the grid's pixel blocks the edit touches
-
-
 def edit_locality(policy: Policy, pairs: list[SampledPair]) -> LocalityReport:
-    """Render both scenes of each pair, VQ-encode them, and count (a) the tokens that differ
-    and (b) the pixel blocks (one per token of the grid) with any changed pixel. A local
-    tokenizer changes about as many tokens as blocks."""
-    n = policy.num_image_tokens
-    side = int(round(n**0.5))
-    size = policy.image_size
-    if side * side != n or size % side:
-        raise ValueError(f"{n} image tokens do not tile a {size}x{size} image as a square grid")
-    tokens: dict[str, list[int]] = defaultdict(list)
-    blocks: dict[str, list[int]] = defaultdict(list)
-    for pair in pairs:
-        a, b = render(pair.scene1), render(pair.scene2)
-        if a.shape[:2] != (size, size):
-            raise ValueError(f"a {pair.category} pair is rendered at {a.shape[1]}x{a.shape[0]}, the policy draws {size}x{size}")
-        t = encode_images(policy, np.stack([a, b]))
-        touched = (a != b).any(-1).reshape(side, size // side, side, size // side).any(axis=(1, 3))
-        tokens[pair.category].append(int((t[0] != t[1]).sum()))
-        blocks[pair.category].append(int(touched.sum()))
-    mean = lambda xs: float(np.mean(xs))  # noqa: E731
-    return LocalityReport(tokens=n, tokens_changed={k: mean(v) for k, v in sorted(tokens.items())},
-                          blocks_changed={k: mean(v) for k, v in sorted(blocks.items())})
+    """How local the policy's image tokenizer is on `pairs` (focusdiff/model/vq.py, `tokenizer_locality`)."""
+    if pairs and render(pairs[0].scene1).shape[:2] != (policy.image_size, policy.image_size):
+        size = render(pairs[0].scene1).shape[1]
+        raise ValueError(f"a {pairs[0].category} pair is rendered at {size}x{size}, the policy draws "
+                         f"{policy.image_size}x{policy.image_size}")
+    return tokenizer_locality(policy.model.model.vqmodel, pairs)

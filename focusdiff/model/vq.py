@@ -23,12 +23,14 @@ import copy
 import hashlib
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 from transformers import JanusVQVAE, JanusVQVAEConfig
 
 from focusdiff.errors import TrainingPaused
@@ -89,6 +91,68 @@ class SceneStream:
         return np.stack(images[:n])
 
 
+# The edits that change one object in place (its color, look or letter): the ones locality is judged on.
+LOCAL_EDITS = ("color", "overall_appearance", "text")
+
+
+class LocalityReport(BaseModel):
+    """What one-detail edits do to the tokens: per category, the mean over pairs of the tokens
+    that differ between a pair's two images and of the token grid's pixel blocks the edit touches."""
+
+    tokens: int  # image tokens per image (a square grid)
+    tokens_changed: dict[str, float]
+    blocks_changed: dict[str, float]
+
+    def ratio(self, categories: tuple[str, ...] = LOCAL_EDITS) -> float:
+        """Tokens changed per pixel block touched, over `categories` (a local tokenizer: about 1)."""
+        return sum(self.tokens_changed[c] for c in categories) / max(sum(self.blocks_changed[c] for c in categories), 1e-9)
+
+
+def tokenizer_locality(vq: JanusVQVAE, pairs) -> LocalityReport:
+    """Render both scenes of each pair, encode them, and count (a) the tokens that differ and
+    (b) the pixel blocks (one per token of the grid) with any changed pixel. A local tokenizer
+    changes about as many tokens as blocks: Pair-GRPO's hard negative (the partner's ground
+    truth) and its per-token loss assume that a small edit is a small change in tokens."""
+    tokens: dict[str, list[int]] = defaultdict(list)
+    blocks: dict[str, list[int]] = defaultdict(list)
+    n = None
+    dtype = next(vq.parameters()).dtype
+    with torch.no_grad():
+        for pair in pairs:
+            a, b = render(pair.scene1), render(pair.scene2)
+            t = vq.encode(to_pixels(np.stack([a, b])).to(dtype)).image_tokens.view(2, -1)
+            n = t.shape[1]
+            side, size = int(round(n**0.5)), a.shape[0]
+            if side * side != n or size % side:
+                raise ValueError(f"{n} image tokens do not tile a {size}x{size} image as a square grid")
+            touched = (a != b).any(-1).reshape(side, size // side, side, size // side).any(axis=(1, 3))
+            tokens[pair.category].append(int((t[0] != t[1]).sum()))
+            blocks[pair.category].append(int(touched.sum()))
+    mean = lambda xs: float(np.mean(xs))  # noqa: E731
+    return LocalityReport(tokens=n or 0, tokens_changed={k: mean(v) for k, v in sorted(tokens.items())},
+                          blocks_changed={k: mean(v) for k, v in sorted(blocks.items())})
+
+
+def untouched_latent_change(zn: torch.Tensor, images: np.ndarray) -> torch.Tensor:
+    """The edit-consistency loss: rows 2k and 2k+1 of a batch are a pair's two scenes (SceneStream
+    draws pairs); the mean squared change of their normalized latents over the grid blocks the
+    edit leaves untouched. A local encoder changes only what the edit touches."""
+    pairs = len(images) // 2
+    side = int(round((zn.shape[0] // len(images)) ** 0.5))
+    z = zn.view(len(images), side * side, -1)[: 2 * pairs]
+    a, b = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
+    size = a.shape[1]
+    touched = (a != b).any(-1).reshape(pairs, side, size // side, side, size // side).any(axis=(2, 4)).reshape(pairs, -1)
+    keep = torch.from_numpy(~touched).float()
+    change = ((z[0::2] - z[1::2]) ** 2).sum(-1)  # (pairs, blocks)
+    return (change * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+def quality_pairs(cfg: VQTrainConfig):
+    """The held-out pairs a VQ's reconstruction accuracy and locality are measured on."""
+    return sample_pairs(cfg.eval_pairs_per_category, cfg.canvas, seed=10_000 + cfg.seed)
+
+
 def _encode_normalized(vq: JanusVQVAE, x: torch.Tensor) -> torch.Tensor:
     z = vq.quant_conv(vq.encoder(x))  # (B, D, h, w)
     return F.normalize(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), dim=-1)
@@ -126,7 +190,7 @@ def train_vq(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     stream = SceneStream(cfg.canvas, cfg.seed)
-    eval_pairs = sample_pairs(cfg.eval_pairs_per_category, cfg.canvas, seed=10_000 + cfg.seed)
+    eval_pairs = quality_pairs(cfg)
     vq = JanusVQVAE(vq_config(cfg)).train()  # JanusVQVAE starts in eval mode
     codebook = vq.quantize.embedding.weight
     with torch.no_grad():  # start the codebook on encoder outputs
@@ -165,6 +229,9 @@ def train_vq(
         err = decoded - x
         rec_loss = (weight * (err.abs() + err**2)).mean()
         loss = rec_loss + vq_loss
+        if cfg.edit_weight > 0:  # (off: the loop is the one the shipped VQ was trained with)
+            edit_loss = untouched_latent_change(zn, images)
+            loss = loss + cfg.edit_weight * edit_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,6 +248,7 @@ def train_vq(
                 usage.zero_()
         if step % 50 == 0:
             log({"vq/loss": loss.item(), "vq/rec_loss": rec_loss.item(), "vq/vq_loss": vq_loss.item(),
+                 **({"vq/edit_loss": edit_loss.item()} if cfg.edit_weight > 0 else {}),
                  "vq/lr": _lr(step, cfg),
                  "vq/images_per_s": (step + 1 - start) * cfg.batch_size / (time.perf_counter() - t0)}, step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
@@ -192,7 +260,11 @@ def train_vq(
                                      f"{cfg.steps} (checkpoint in {checkpoint_dir}); run the same command again to continue")
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             accuracy = clause_accuracy("vq_reconstruction", eval_pairs, lambda b: reconstruct(ema, b))
-            log({"vq/reconstruction_clause_accuracy": accuracy.accuracy,
+            locality = tokenizer_locality(ema, eval_pairs)
+            log({"vq/locality.tokens_per_block": locality.ratio(),
+                 **{f"vq/locality.{k}.tokens_changed": v for k, v in locality.tokens_changed.items()},
+                 **{f"vq/locality.{k}.blocks_changed": v for k, v in locality.blocks_changed.items()},
+                 "vq/reconstruction_clause_accuracy": accuracy.accuracy,
                  **{f"vq/accuracy.{k}": ok / n for k, (ok, n) in accuracy.by_category.items()},
                  **{f"vq/accuracy.clause.{k}": ok / n for k, (ok, n) in accuracy.by_kind.items()}}, step)
     return ema, accuracy

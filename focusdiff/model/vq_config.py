@@ -28,6 +28,9 @@ class VQTrainConfig(BaseModel):
     foreground_weight: float = Field(8.0, ge=0, description="extra loss weight on object pixels")
     restart_every: int = Field(100, ge=1, description="steps between dead-code restarts")
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    edit_weight: float = Field(0.0, ge=0, description="edit-consistency loss: on scene pairs that differ in one "
+                                                      "object, the squared change of the normalized latent in the "
+                                                      "blocks the edit does not touch (0: off)")
     seed: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     eval_every: int = Field(1000, ge=1)

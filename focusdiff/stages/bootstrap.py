@@ -54,7 +54,7 @@ def _reconstruction_grid(vq, n: int = 12) -> Image.Image:
 def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_minutes: float | None = None) -> VQResult:
     """Train, gate and write the VQ. With `max_minutes`, a bounded invocation: it stops at the
     first checkpoint past that time (TrainingPaused) and the next one continues from it."""
-    from focusdiff.model.vq import train_vq
+    from focusdiff.model.vq import quality_pairs, tokenizer_locality, train_vq
 
     cfg = params.bootstrap.vq
     with StageRun(params.tracking, "bootstrap_vq", params={"bootstrap.vq": cfg.model_dump(mode="json")}) as run:
@@ -64,6 +64,9 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_mi
         by_category = {k: v[0] / v[1] for k, v in sorted(accuracy.by_category.items())}
         run.log_metrics({"vq/final_clause_accuracy": accuracy.accuracy, **{f"vq/accuracy.{k}": v for k, v in by_category.items()}})
         run.log_image(_reconstruction_grid(vq), "bootstrap/vq_reconstructions.png")
+        # how local it is, on the quality check's held-out pairs: tokens changed per pixel block touched
+        locality = tokenizer_locality(vq, quality_pairs(cfg))
+        run.log_metrics({"vq/final_locality.tokens_per_block": locality.ratio()})
         if accuracy.accuracy < cfg.min_accuracy:
             raise QualityGateError(
                 f"VQ reconstructions keep {accuracy.accuracy:.2%} of checker clauses, below the gate "
@@ -76,6 +79,7 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_mi
                 "params": {"bootstrap.vq": cfg.model_dump(mode="json")},
                 "reconstruction_clause_accuracy": accuracy.accuracy,
                 "by_category": by_category,
+                "locality": locality.model_dump(mode="json") | {"tokens_per_block": locality.ratio()},
                 "files": file_hashes(tmp),
                 "mlflow_run_id": run.run_id,
             }

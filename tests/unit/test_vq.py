@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE
 
 from focusdiff.config import load_params
-from focusdiff.stages.bootstrap import QualityGateError, file_hashes, run_vq_stage
 from focusdiff.model.configs import VQTrainConfig
-from focusdiff.model.vq import SceneStream, _encode_normalized, reconstruct, to_images, to_pixels, train_vq
-
+from focusdiff.model.vq import (
+    SceneStream,
+    _encode_normalized,
+    reconstruct,
+    to_images,
+    to_pixels,
+    train_vq,
+)
+from focusdiff.stages.bootstrap import QualityGateError, file_hashes, run_vq_stage
 from tests.project import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -80,6 +87,7 @@ def test_stage_writes_safetensors_and_a_true_record(tmp_path):
     assert record["files"] == file_hashes(out)
     assert "model.safetensors" in record["files"] and not list(out.glob("*.bin"))
     assert record["reconstruction_clause_accuracy"] == result.accuracy
+    assert record["locality"]["tokens_per_block"] >= 0 and set(record["locality"]["tokens_changed"]) >= {"color", "text"}
     reloaded = JanusVQVAE.from_pretrained(out)
     assert reloaded.config.num_embeddings == TINY.codebook_size
 
@@ -136,3 +144,27 @@ def test_a_paused_stage_exits_75_and_the_same_command_finishes_it(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("focusdiff").experiment_id], order_by=["start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert "run the same command again to continue" in runs[0].data.tags["paused"] and "error" not in runs[0].data.tags
+
+
+def test_the_edit_consistency_loss_counts_only_untouched_blocks():
+    """Two pairs of 8x8 images on a 2x2 token grid (4x4-pixel blocks): pair 0's edit touches the
+    top-left block, pair 1's nothing. Latent changes: pair 0 moves 1.0 in its touched block and
+    0.5 (squared: 0.25) in one untouched block; pair 1 moves 0.2 (0.04) in one block."""
+    from focusdiff.model.vq import untouched_latent_change
+
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    images[1, 0, 0] = 255  # pair 0: the scenes differ in block (0, 0)
+    z = torch.zeros(4 * 4, 2)  # (images x blocks, D), blocks row-major per image
+    z[4 + 0, 0] = 1.0  # image 1, block 0 (touched): not counted
+    z[4 + 3, 1] = 0.5  # image 1, block 3 (untouched)
+    z[12 + 2, 0] = 0.2  # image 3 (pair 1), block 2
+    # untouched blocks: pair 0 has 3, pair 1 has 4 -> (0.25 + 0.04) / 7
+    assert untouched_latent_change(z, images).item() == pytest.approx((0.25 + 0.04) / 7)
+
+
+def test_training_with_the_edit_loss_logs_it_and_the_locality():
+    seen = []
+    train_vq(TINY.model_copy(update={"edit_weight": 1.0}), log=lambda m, s: seen.append(m))
+    assert any("vq/edit_loss" in m for m in seen)
+    final = next(m for m in reversed(seen) if "vq/locality.tokens_per_block" in m)
+    assert final["vq/locality.tokens_per_block"] >= 0 and "vq/locality.color.blocks_changed" in final
