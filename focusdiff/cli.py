@@ -195,6 +195,8 @@ def bootstrap_report(
     console.print(_category_table(
         f"the image tokenizer: what a pair's edit changes, of {locality.tokens} (mean per pair)", ("pixel blocks", "tokens"),
         [(cat, f"{locality.blocks_changed[cat]:.1f}", f"{changed:.1f}") for cat, changed in locality.tokens_changed.items()]))
+    console.print(f"tokens changed per pixel block touched, over the in-place edits (color, appearance, text): "
+                  f"{locality.ratio():.2f} (a local tokenizer: about 1)", highlight=False)
 
 
 def _category_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:

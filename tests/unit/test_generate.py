@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,9 @@ from typer.testing import CliRunner
 
 from focusdiff.cli import app
 from focusdiff.errors import FocusdiffError
-
 from focusdiff.model.configs import VQTrainConfig
 from focusdiff.model.shapes_model import build_config, build_tokenizer
 from focusdiff.model.vq import vq_config
-
 from tests.project import REPO_ROOT
 
 FOCUSDIFF = str(Path(sys.executable).parent / "focusdiff")
@@ -142,3 +141,5 @@ def test_bootstrap_report_prints_the_tokenizer_locality(policy_dir):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "what a pair's edit changes, of 64" in text and "pixel blocks" in text
+    assert re.search(r"tokens changed per pixel block touched, over the in-place edits \(color, appearance, text\): "
+                     r"\d+\.\d\d", text), text
