@@ -24,6 +24,7 @@ from focusdiff.config import Params
 from focusdiff.errors import FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.records import QualityGateError, file_hashes
+from focusdiff.progress import Reporter, metric_text
 from focusdiff.tracking import StageRun
 from focusdiff.viz import labeled_grid
 
@@ -34,6 +35,21 @@ def checkpoint_dir(out: Path) -> Path:
     """Resumable training state of a bootstrap stage, beside its output (git-ignored; removed
     once the output is written)."""
     return out.parent / f".{out.name}.checkpoints"
+
+
+# What the progress lines show (the loops log these every 50 steps; MLflow gets everything).
+VQ_PROGRESS = ("vq/loss", "vq/edit_loss", "vq/images_per_s")
+LM_PROGRESS = ("lm/loss", "lm/captions_per_s")
+
+
+def _logged_with_progress(run: StageRun, progress: Reporter, shown: tuple[str, ...]):
+    """The loops' `log` callback: every metric to MLflow, and the step (with the loss, when these
+    metrics carry it) to the progress reporter, so a long bootstrap is never silent."""
+    def log(metrics, step: int) -> None:
+        run.log_metrics(metrics, step)
+        resumed = any(k.endswith("/resumed_from_step") for k in metrics)  # logged at the step it continues from
+        progress.update(step if resumed else step + 1, metrics if any(k in metrics for k in shown) else None)
+    return log
 
 
 class VQResult(BaseModel):
@@ -58,9 +74,10 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_mi
 
     cfg = params.bootstrap.vq
     with StageRun(params.tracking, "bootstrap_vq", params={"bootstrap.vq": cfg.model_dump(mode="json")}) as run:
-        vq, accuracy = train_vq(cfg, log=lambda metrics, step: run.log_metrics(metrics, step),
-                                checkpoint_dir=checkpoint_dir(cfg.out),
-                                stop_after_s=None if max_minutes is None else 60 * max_minutes)
+        with Reporter("bootstrap vq", cfg.steps, describe=lambda m: metric_text(m, VQ_PROGRESS)) as progress:
+            vq, accuracy = train_vq(cfg, log=_logged_with_progress(run, progress, VQ_PROGRESS),
+                                    checkpoint_dir=checkpoint_dir(cfg.out),
+                                    stop_after_s=None if max_minutes is None else 60 * max_minutes)
         by_category = {k: v[0] / v[1] for k, v in sorted(accuracy.by_category.items())}
         run.log_metrics({"vq/final_clause_accuracy": accuracy.accuracy, **{f"vq/accuracy.{k}": v for k, v in by_category.items()}})
         run.log_image(_reconstruction_grid(vq), "bootstrap/vq_reconstructions.png")
@@ -119,9 +136,10 @@ def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm", max_mi
     holdout = frozenset(tuple(h) for h in params.data.shapes.holdout)
     logged = {"bootstrap.lm": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout)}
     with StageRun(params.tracking, "bootstrap_lm", params=logged) as run:
-        policy, quality = train_lm(cfg, vq_dir, holdout, log=lambda metrics, step: run.log_metrics(metrics, step),
-                                   checkpoint_dir=checkpoint_dir(cfg.out),
-                                   stop_after_s=None if max_minutes is None else 60 * max_minutes)
+        with Reporter("bootstrap lm", cfg.steps, describe=lambda m: metric_text(m, LM_PROGRESS)) as progress:
+            policy, quality = train_lm(cfg, vq_dir, holdout, log=_logged_with_progress(run, progress, LM_PROGRESS),
+                                       checkpoint_dir=checkpoint_dir(cfg.out),
+                                       stop_after_s=None if max_minutes is None else 60 * max_minutes)
         run.log_dict(quality.model_dump(mode="json"), "bootstrap/base_quality.json")
         run.log_image(sample_grid(policy, GRID_PROMPTS), "bootstrap/base_samples.png")
         if quality.single_object_accuracy < cfg.min_single_object_accuracy:

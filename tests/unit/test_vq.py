@@ -136,6 +136,7 @@ def test_a_paused_stage_exits_75_and_the_same_command_finishes_it(tmp_path):
     paused = subprocess.run([*argv, "--max-minutes", "0"], capture_output=True, text=True, cwd=tmp_path)
     assert paused.returncode == 75, paused.stderr[-2000:]
     assert "paused: stopped after 0 min at step 2 of 4" in " ".join(paused.stderr.split())
+    assert "bootstrap vq: 1/4 steps" in paused.stderr  # never silent: progress lines while it trains
     assert not (tmp_path / "vq").exists() and (tmp_path / ".vq.checkpoints" / "state.json").is_file()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
