@@ -368,8 +368,8 @@ def baseline_cmd(
     from focusdiff.stages.baseline import run_baseline_stage
 
     outcome = run_baseline_stage(_params(params, set_, example_block="promote"), Path.cwd(), record)
-    console.print(f"baseline: {outcome['action']}: {outcome['reason']}", highlight=False)
-    for key, value in outcome.get("metrics", {}).items():
+    console.print(f"baseline: {outcome.action}: {outcome.reason}", highlight=False)
+    for key, value in outcome.metrics.items():
         console.print(f"  {key}: {value:.4g}")
 
 

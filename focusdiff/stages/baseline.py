@@ -21,7 +21,9 @@ version, its files under outputs/eval/<model>-v<n>/ as for `focusdiff evaluate -
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
 
 from focusdiff.config import Params
 from focusdiff.io import atomic_write_json
@@ -41,25 +43,35 @@ from focusdiff.stages.train import data_version
 from focusdiff.tracking import StageRun, git_commit, prefect_flow_run_id
 
 
-def run_baseline_stage(params: Params, project_dir: str | Path = ".", record: Path | None = None) -> dict[str, Any]:
-    """Make the starting policy the first champion when there is none (see the module docstring).
-    Returns (and with `record`, writes as JSON) what it did: `action` is `crowned`, `kept`
-    (a champion exists) or `off` (first_champion: none), with the champion's version."""
+class BaselineOutcome(BaseModel):
+    """What the stage did (its DVC metrics file): `crowned` the starting policy, `kept` the
+    champion there was, or nothing because it is `off` (first_champion: none)."""
+
+    action: Literal["crowned", "kept", "off"]
+    champion: str | None  # the champion's version afterwards
+    reason: str
+    policy: str | None = None  # crowned: the starting policy registered
+    metrics: dict[str, float] = {}  # crowned: its scores under the current protocol
+
+
+def run_baseline_stage(params: Params, project_dir: str | Path = ".", record: Path | None = None) -> BaselineOutcome:
+    """Make the starting policy the first champion when there is none (see the module docstring);
+    with `record`, also write what it did there (JSON)."""
     gate = params.promote
     if gate.first_champion == "none":
-        outcome: dict[str, Any] = {"action": "off", "champion": _champion_version(params),
-                                   "reason": "promote.first_champion is none: the first challenger must reach promote.floor"}
+        outcome = BaselineOutcome(action="off", champion=_champion_version(params),
+                                  reason="promote.first_champion is none: the first challenger must reach promote.floor")
     elif (current := _champion_version(params)) is not None:
-        outcome = {"action": "kept", "champion": current,
-                   "reason": f"{gate.model_name} already has a champion (version {current}): the gate compares with it"}
+        outcome = BaselineOutcome(action="kept", champion=current, reason=f"{gate.model_name} already has a champion "
+                                                                          f"(version {current}): the gate compares with it")
     else:
         registration, scores = crown_starting_policy(params, Path(project_dir))
-        outcome = {"action": "crowned", "champion": registration.version, "policy": params.train.policy,
-                   "metrics": scores,
-                   "reason": f"no champion: the starting policy {params.train.policy} is version {registration.version}, "
-                             "evaluated under the current protocol, and the first champion"}
+        outcome = BaselineOutcome(action="crowned", champion=registration.version, policy=params.train.policy,
+                                  metrics=scores,
+                                  reason=f"no champion: the starting policy {params.train.policy} is version "
+                                         f"{registration.version}, evaluated under the current protocol, and the first champion")
     if record is not None:
-        atomic_write_json(record, outcome)
+        atomic_write_json(record, outcome.model_dump(mode="json"))
     return outcome
 
 

@@ -258,7 +258,7 @@ def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(t
 
     record = tmp_path / "baseline.json"
     outcome = run_baseline_stage(params, tmp_path, record)
-    assert outcome["action"] == "crowned" and outcome["champion"] == "1", outcome  # the same version, reused
+    assert outcome.action == "crowned" and outcome.champion == "1", outcome  # the same version, reused
     assert json.loads(record.read_text())["champion"] == "1"
     assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
     base = client.get_model_version_by_alias(name, "champion")
@@ -269,9 +269,9 @@ def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(t
     assert not any(a.aliases and "challenger" in a.aliases for a in client.search_model_versions(f"name = '{name}'"))
 
     again = run_baseline_stage(params, tmp_path)
-    assert again["action"] == "kept" and again["champion"] == "1", again
+    assert again.action == "kept" and again.champion == "1", again
     off = run_baseline_stage(updated(params, promote=updated(params.promote, first_champion="none")), tmp_path)
-    assert off["action"] == "off"
+    assert off.action == "off"
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     # the first trained challenger (here the same weights), evaluated under the same protocol
