@@ -206,34 +206,34 @@ def register_policy(policy_dir: Path, gate: GateConfig, tracking: TrackingConfig
     return Registration(model_name=gate.model_name, version=version, run_id=run_id, policy=str(policy_dir))
 
 
-def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_id: str) -> Registration:
-    """The version a training job registered for this flow run (its `prefect.flow_run_id` tag):
-    how the pipeline finds what a PyTorchJob trained on the cluster."""
+def _version_tagged(gate: GateConfig, tracking: TrackingConfig, tags: dict[str, str]) -> Registration | None:
+    """The newest version of the gate's model that carries all of `tags`; None when none does."""
     client = _client(tracking)
     versions = _ask(gate, tracking, f"registered model {gate.model_name!r}: cannot list versions",
                     lambda: client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
                                                          order_by=["version_number DESC"]))
     for mv in versions:
-        if dict(mv.tags).get("prefect.flow_run_id") == flow_run_id:
+        if tags.items() <= dict(mv.tags).items():
             return Registration(model_name=gate.model_name, version=str(mv.version), run_id=mv.run_id)
-    raise RegistryError(f"registered model {gate.model_name!r} has no version tagged prefect.flow_run_id="
-                        f"{flow_run_id}: the training job succeeded but registered nothing "
-                        "(is promote.register_trained on in the job's params?)")
+    return None
+
+
+def registered_by_flow_run(gate: GateConfig, tracking: TrackingConfig, flow_run_id: str) -> Registration:
+    """The version a training job registered for this flow run (its `prefect.flow_run_id` tag):
+    how the pipeline finds what a PyTorchJob trained on the cluster."""
+    registration = _version_tagged(gate, tracking, {"prefect.flow_run_id": flow_run_id})
+    if registration is None:
+        raise RegistryError(f"registered model {gate.model_name!r} has no version tagged prefect.flow_run_id="
+                            f"{flow_run_id}: the training job succeeded but registered nothing "
+                            "(is promote.register_trained on in the job's params?)")
+    return registration
 
 
 def registered_base(gate: GateConfig, tracking: TrackingConfig, fingerprint: str) -> Registration | None:
     """The version an earlier `baseline` stage registered for the starting policy whose checkpoint
     has `fingerprint` (its `base.fingerprint` tag), so a stage that stopped between registering and
     crowning reuses it instead of adding another version; None when there is none."""
-    client = _client(tracking)
-    versions = _ask(gate, tracking, f"registered model {gate.model_name!r}: cannot list versions",
-                    lambda: client.search_model_versions(f"name = '{gate.model_name}'", max_results=10_000,
-                                                         order_by=["version_number DESC"]))
-    for mv in versions:
-        tags = dict(mv.tags)
-        if tags.get(ROLE_TAG) == BASE_ROLE and tags.get("base.fingerprint") == fingerprint:
-            return Registration(model_name=gate.model_name, version=str(mv.version), run_id=mv.run_id)
-    return None
+    return _version_tagged(gate, tracking, {ROLE_TAG: BASE_ROLE, "base.fingerprint": fingerprint})
 
 
 def crown_first_champion(gate: GateConfig, tracking: TrackingConfig, registration: Registration) -> None:

@@ -33,12 +33,12 @@ from focusdiff.registry.registration import Registration
 from focusdiff.registry.store import (
     BASE_ROLE,
     ROLE_TAG,
-    champion,
     crown_first_champion,
     register_policy,
     registered_base,
 )
 from focusdiff.stages.evaluate import run_benchmark, version_config
+from focusdiff.stages.promote import champion_version
 from focusdiff.stages.train import data_version
 from focusdiff.tracking import StageRun, git_commit, prefect_flow_run_id
 
@@ -59,9 +59,9 @@ def run_baseline_stage(params: Params, project_dir: str | Path = ".", record: Pa
     with `record`, also write what it did there (JSON)."""
     gate = params.promote
     if gate.first_champion == "none":
-        outcome = BaselineOutcome(action="off", champion=_champion_version(params),
+        outcome = BaselineOutcome(action="off", champion=champion_version(params),
                                   reason="promote.first_champion is none: the first challenger must reach promote.floor")
-    elif (current := _champion_version(params)) is not None:
+    elif (current := champion_version(params)) is not None:
         outcome = BaselineOutcome(action="kept", champion=current, reason=f"{gate.model_name} already has a champion "
                                                                           f"(version {current}): the gate compares with it")
     else:
@@ -104,8 +104,3 @@ def crown_starting_policy(params: Params, project_dir: Path) -> tuple[Registrati
         run.log_metrics(scores)
         crown_first_champion(gate, tracking, registration)
         return registration, scores
-
-
-def _champion_version(params: Params) -> str | None:
-    current = champion(params.promote, params.tracking)
-    return None if current is None else str(current.version)
