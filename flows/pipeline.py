@@ -78,7 +78,7 @@ def push_data(project_dir: str, targets: list[str] | None = None) -> str | None:
 HEADLINE = ("s_g", "s_a", "overall", "mean_of_categories")
 
 
-BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_lm")
+BOOTSTRAP_STAGES = ("bootstrap_vq", "bootstrap_vq_local", "bootstrap_lm")
 
 
 @task(name="bootstrap: base policy")
@@ -88,9 +88,10 @@ def bootstrap(project_dir: str, pipeline_run_id: str) -> dict[str, str]:
     params = project_params(project_dir)
     for stage in BOOTSTRAP_STAGES:
         _repro_as_child(stage, project_dir, pipeline_run_id)
-    vq_record = read_json(project_dir, params.bootstrap.vq.out / "record.json")
+    tokenizer = params.bootstrap.lm.tokenizer  # the VQ the base draws tokens of
+    vq_record = read_json(project_dir, tokenizer / "record.json")
     lm_record = read_json(project_dir, params.bootstrap.lm.out / "record.json")
-    return {"bootstrap.vq.path": str(params.bootstrap.vq.out),
+    return {"bootstrap.vq.path": str(tokenizer),
             "bootstrap.vq.sha256": vq_record["files"]["model.safetensors"],
             "bootstrap.lm.path": str(params.bootstrap.lm.out),
             "bootstrap.lm.sha256": lm_record["files"]["model.safetensors"]}

@@ -57,6 +57,7 @@ class BootstrapConfig(Section):
     """The ShapesWorld base model: VQ tokenizer, then SFT of the language model."""
 
     vq: VQTrainConfig
+    vq_local: VQTrainConfig  # the locality fine-tune of `vq` (init: vq.out)
     lm: LMTrainConfig
 
 

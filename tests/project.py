@@ -233,7 +233,7 @@ class ProjectCopy:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
 
-SHIPPED_STAGES = ("bootstrap_vq", "bootstrap_lm")
+SHIPPED_STAGES = ("bootstrap_vq", "bootstrap_vq_local", "bootstrap_lm")
 
 
 @functools.cache
@@ -249,7 +249,7 @@ def check_shipped_stages_locked(source: Path) -> None:
         raise RuntimeError(
             f"dvc.lock in {source} is stale for the shipped stages {SHIPPED_STAGES}: "
             f"`dvc status` printed:\n{result.stdout}{result.stderr}\n"
-            "If their outputs are unchanged, run `dvc commit -f bootstrap_vq bootstrap_lm` and commit dvc.lock.")
+            f"If their outputs are unchanged, run `dvc commit -f {' '.join(SHIPPED_STAGES)}` and commit dvc.lock.")
 
 
 def make_project(

@@ -148,6 +148,30 @@ def untouched_latent_change(zn: torch.Tensor, images: np.ndarray) -> torch.Tenso
     return (change * keep).sum() / keep.sum().clamp(min=1.0)
 
 
+def untouched_code_instability(zn: torch.Tensor, codebook: torch.Tensor, images: np.ndarray,
+                               temperature: float) -> torch.Tensor:
+    """The code-stability loss: rows 2k and 2k+1 of a batch are a pair's two scenes; in the grid
+    blocks the edit leaves untouched, the symmetric cross-entropy between the two latents' soft
+    code assignments (softmax of cosine similarity / temperature). Why not the latent change
+    alone (`untouched_latent_change`): the shipped VQ's untouched background latents move by a
+    median 0.05 between a pair's scenes while their nearest and second-nearest codes are 0.0006
+    apart, so two thirds of them flip code. Cross-entropy rewards agreeing *and* confident
+    assignments: it pulls unchanged content into the same code, away from the code boundaries."""
+    pairs = len(images) // 2
+    side = int(round((zn.shape[0] // len(images)) ** 0.5))
+    a, b = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
+    size = a.shape[1]
+    touched = (a != b).any(-1).reshape(pairs, side, size // side, side, size // side).any(axis=(2, 4)).reshape(-1)
+    keep = torch.from_numpy(~touched)
+    if not keep.any():
+        return zn.sum() * 0.0
+    logits = (zn @ codebook.T / temperature).view(len(images), side * side, -1)[: 2 * pairs]
+    la = logits[0::2].reshape(pairs * side * side, -1)[keep]
+    lb = logits[1::2].reshape(pairs * side * side, -1)[keep]
+    cross = lambda p, q: -(p.softmax(-1) * q.log_softmax(-1)).sum(-1).mean()  # noqa: E731
+    return 0.5 * (cross(la, lb) + cross(lb, la))
+
+
 def quality_pairs(cfg: VQTrainConfig):
     """The held-out pairs a VQ's reconstruction accuracy and locality are measured on."""
     return sample_pairs(cfg.eval_pairs_per_category, cfg.canvas, seed=10_000 + cfg.seed)
@@ -167,9 +191,33 @@ NOT_TRAJECTORY = {"threads", "eval_every", "eval_pairs_per_category", "checkpoin
 
 
 def run_fingerprint(cfg: VQTrainConfig) -> str:
-    """What a checkpoint must match to be resumed: the trajectory's parameters."""
+    """What a checkpoint must match to be resumed: the trajectory's parameters (and, for a
+    fine-tune, the starting weights themselves)."""
     what = {"vq": cfg.model_dump(mode="json", exclude=NOT_TRAJECTORY)}
+    if cfg.init is not None:
+        what["init.sha256"] = hashlib.sha256((cfg.init / "model.safetensors").read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+# The architecture fields a fine-tune's starting VQ must share with its config.
+ARCHITECTURE = ("embed_dim", "num_embeddings", "latent_channels", "base_channels", "channel_multiplier",
+                "num_res_blocks", "num_patches")
+
+
+def initial_vq(cfg: VQTrainConfig) -> JanusVQVAE:
+    """The VQ a run starts from: random (the codebook is seeded from encoder outputs by the
+    caller), or the trained VQ `cfg.init`, whose architecture must be the config's."""
+    if cfg.init is None:
+        return JanusVQVAE(vq_config(cfg)).train()  # JanusVQVAE starts in eval mode
+    if not (cfg.init / "config.json").is_file() or not (cfg.init / "model.safetensors").is_file():
+        raise FileNotFoundError(f"init {cfg.init}: no trained VQ there (config.json and model.safetensors)")
+    vq = JanusVQVAE.from_pretrained(cfg.init)
+    wanted = vq_config(cfg)
+    differs = {k: (getattr(vq.config, k), getattr(wanted, k)) for k in ARCHITECTURE if getattr(vq.config, k) != getattr(wanted, k)}
+    if differs:
+        raise ValueError(f"init {cfg.init}: its architecture differs from the config's: "
+                         + ", ".join(f"{k} is {have}, config says {want}" for k, (have, want) in differs.items()))
+    return vq.train()
 
 
 def train_vq(
@@ -191,12 +239,13 @@ def train_vq(
     torch.manual_seed(cfg.seed)
     stream = SceneStream(cfg.canvas, cfg.seed)
     eval_pairs = quality_pairs(cfg)
-    vq = JanusVQVAE(vq_config(cfg)).train()  # JanusVQVAE starts in eval mode
+    vq = initial_vq(cfg)
     codebook = vq.quantize.embedding.weight
-    with torch.no_grad():  # start the codebook on encoder outputs
-        z = _encode_normalized(vq, to_pixels(stream.batch(max(64, cfg.codebook_size // 16))))
-        codebook.copy_(z[torch.randint(len(z), (cfg.codebook_size,))] + 0.01 * torch.randn_like(codebook))
-        codebook.copy_(F.normalize(codebook, dim=-1))
+    if cfg.init is None:
+        with torch.no_grad():  # start the codebook on encoder outputs
+            z = _encode_normalized(vq, to_pixels(stream.batch(max(64, cfg.codebook_size // 16))))
+            codebook.copy_(z[torch.randint(len(z), (cfg.codebook_size,))] + 0.01 * torch.randn_like(codebook))
+            codebook.copy_(F.normalize(codebook, dim=-1))
     ema = copy.deepcopy(vq).eval()
     opt = torch.optim.AdamW(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     usage = torch.zeros(cfg.codebook_size)
@@ -232,6 +281,9 @@ def train_vq(
         if cfg.edit_weight > 0:  # (off: the loop is the one the shipped VQ was trained with)
             edit_loss = untouched_latent_change(zn, images)
             loss = loss + cfg.edit_weight * edit_loss
+        if cfg.stability_weight > 0:
+            stability_loss = untouched_code_instability(zn, codebook, images, cfg.stability_temperature)
+            loss = loss + cfg.stability_weight * stability_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -240,7 +292,7 @@ def train_vq(
             usage += torch.bincount(idx, minlength=cfg.codebook_size).float()
             for pe, p in zip(ema.parameters(), vq.parameters()):
                 pe.lerp_(p, 1 - cfg.ema_decay)
-            if (step + 1) % cfg.restart_every == 0:
+            if cfg.restart_every and (step + 1) % cfg.restart_every == 0:
                 dead = (usage == 0).nonzero().squeeze(-1)
                 if len(dead):
                     codebook[dead] = F.normalize(zn[torch.randint(len(zn), (len(dead),))] + 0.01 * torch.randn(len(dead), zn.shape[1]), dim=-1)
@@ -249,6 +301,7 @@ def train_vq(
         if step % 50 == 0:
             log({"vq/loss": loss.item(), "vq/rec_loss": rec_loss.item(), "vq/vq_loss": vq_loss.item(),
                  **({"vq/edit_loss": edit_loss.item()} if cfg.edit_weight > 0 else {}),
+                 **({"vq/stability_loss": stability_loss.item()} if cfg.stability_weight > 0 else {}),
                  "vq/lr": _lr(step, cfg),
                  "vq/images_per_s": (step + 1 - start) * cfg.batch_size / (time.perf_counter() - t0)}, step)
         if checkpoint_dir is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:

@@ -1,7 +1,9 @@
 """The bootstrap stages: ShapesWorld's own "pretrained Janus", made reproducibly.
 
 `bootstrap_vq` trains the image tokenizer (focusdiff.model.vq), gates it and writes it
-with its record; `bootstrap_lm` (next) fine-tunes a tiny
+with its record; `bootstrap_vq_local` fine-tunes it to be local (a one-object edit changes
+the tokens of that object only: Pair-GRPO's hard negatives rely on it); `bootstrap_lm`
+(next) fine-tunes a tiny
 Janus language model on caption -> image tokens. Their outputs are small
 safetensors checkpoints that ship inside the package, exactly as real users start
 from Janus-Pro's weights; each comes with `record.json` (the command, parameters,
@@ -38,7 +40,7 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 # What the progress lines show (the loops log these every 50 steps; MLflow gets everything).
-VQ_PROGRESS = ("vq/loss", "vq/edit_loss", "vq/images_per_s")
+VQ_PROGRESS = ("vq/loss", "vq/edit_loss", "vq/stability_loss", "vq/images_per_s")
 LM_PROGRESS = ("lm/loss", "lm/captions_per_s")
 
 
@@ -56,6 +58,7 @@ class VQResult(BaseModel):
     out: Path
     accuracy: float
     by_category: dict[str, float]
+    tokens_per_block: float  # locality: tokens a one-object edit changes per pixel block it touches
     mlflow_run_id: str
 
 
@@ -67,14 +70,26 @@ def _reconstruction_grid(vq, n: int = 12) -> Image.Image:
     return Image.fromarray(rows).resize((rows.shape[1] * 4, rows.shape[0] * 4), Image.NEAREST)
 
 
-def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_minutes: float | None = None) -> VQResult:
-    """Train, gate and write the VQ. With `max_minutes`, a bounded invocation: it stops at the
-    first checkpoint past that time (TrainingPaused) and the next one continues from it."""
+VQ_BLOCKS = ("vq", "vq_local")
+
+
+def run_vq_stage(params: Params, block: str = "vq", command: str | None = None,
+                 max_minutes: float | None = None) -> VQResult:
+    """Train, gate and write a VQ: `bootstrap.vq` (from scratch: the reconstruction tokenizer)
+    or `bootstrap.vq_local` (its locality fine-tune). With `max_minutes`, a bounded invocation:
+    it stops at the first checkpoint past that time (TrainingPaused) and the next one continues."""
     from focusdiff.model.vq import quality_pairs, tokenizer_locality, train_vq
 
-    cfg = params.bootstrap.vq
-    with StageRun(params.tracking, "bootstrap_vq", params={"bootstrap.vq": cfg.model_dump(mode="json")}) as run:
-        with Reporter("bootstrap vq", cfg.steps, describe=lambda m: metric_text(m, VQ_PROGRESS)) as progress:
+    if block not in VQ_BLOCKS:
+        raise ValueError(f"no VQ block bootstrap.{block}; one of {', '.join(VQ_BLOCKS)}")
+    cfg = getattr(params.bootstrap, block)
+    key, stage = f"bootstrap.{block}", f"bootstrap_{block}"
+    command = command or f"focusdiff bootstrap {block.replace('_', '-')}"
+    if cfg.init is not None and not (cfg.init / "record.json").is_file():
+        raise FocusdiffError(f"{key}.init: {cfg.init} holds no trained VQ (record.json missing); "
+                             f"train it first (`focusdiff bootstrap vq`)")
+    with StageRun(params.tracking, stage, params={key: cfg.model_dump(mode="json")}) as run:
+        with Reporter(command.removeprefix("focusdiff "), cfg.steps, describe=lambda m: metric_text(m, VQ_PROGRESS)) as progress:
             vq, accuracy = train_vq(cfg, log=_logged_with_progress(run, progress, VQ_PROGRESS),
                                     checkpoint_dir=checkpoint_dir(cfg.out),
                                     stop_after_s=None if max_minutes is None else 60 * max_minutes)
@@ -87,23 +102,27 @@ def run_vq_stage(params: Params, command: str = "focusdiff bootstrap vq", max_mi
         if accuracy.accuracy < cfg.min_accuracy:
             raise QualityGateError(
                 f"VQ reconstructions keep {accuracy.accuracy:.2%} of checker clauses, below the gate "
-                f"bootstrap.vq.min_accuracy={cfg.min_accuracy:.2%}; {cfg.out} left unchanged"
+                f"{key}.min_accuracy={cfg.min_accuracy:.2%}; {cfg.out} left unchanged"
             )
         with atomic_directory(cfg.out) as tmp:
             vq.save_pretrained(tmp, safe_serialization=True)
             record: dict[str, Any] = {
                 "command": command,
-                "params": {"bootstrap.vq": cfg.model_dump(mode="json")},
+                "params": {key: cfg.model_dump(mode="json")},
                 "reconstruction_clause_accuracy": accuracy.accuracy,
                 "by_category": by_category,
                 "locality": locality.model_dump(mode="json") | {"tokens_per_block": locality.ratio()},
                 "files": file_hashes(tmp),
                 "mlflow_run_id": run.run_id,
             }
+            if cfg.init is not None:  # what it was fine-tuned from
+                init_record = json.loads((cfg.init / "record.json").read_text("utf-8"))
+                record["init"] = {"path": str(cfg.init), "model.safetensors": init_record["files"].get("model.safetensors")}
             atomic_write_json(tmp / "record.json", record)
         shutil.rmtree(checkpoint_dir(cfg.out), ignore_errors=True)
-        run.set_tags({"bootstrap.vq.sha256": record["files"].get("model.safetensors", "")})
-        return VQResult(out=cfg.out, accuracy=accuracy.accuracy, by_category=by_category, mlflow_run_id=run.run_id)
+        run.set_tags({f"{key}.sha256": record["files"].get("model.safetensors", "")})
+        return VQResult(out=cfg.out, accuracy=accuracy.accuracy, by_category=by_category,
+                        tokens_per_block=locality.ratio(), mlflow_run_id=run.run_id)
 
 
 class LMResult(BaseModel):
@@ -130,9 +149,11 @@ def run_lm_stage(params: Params, command: str = "focusdiff bootstrap lm", max_mi
     """Fine-tune, gate and write the base LM; `max_minutes` as for `run_vq_stage`."""
     from focusdiff.model.sft import train_lm
 
-    cfg, vq_dir = params.bootstrap.lm, params.bootstrap.vq.out
+    cfg = params.bootstrap.lm
+    vq_dir = cfg.tokenizer
     if not (vq_dir / "record.json").is_file():
-        raise FocusdiffError(f"{vq_dir}: no trained VQ tokenizer (record.json missing); run `focusdiff bootstrap vq` first")
+        raise FocusdiffError(f"bootstrap.lm.tokenizer: {vq_dir} holds no trained VQ tokenizer (record.json missing); "
+                             "run `focusdiff bootstrap vq` (and `vq-local`) first")
     holdout = frozenset(tuple(h) for h in params.data.shapes.holdout)
     logged = {"bootstrap.lm": cfg.model_dump(mode="json"), "data.shapes.holdout": sorted(holdout)}
     with StageRun(params.tracking, "bootstrap_lm", params=logged) as run:

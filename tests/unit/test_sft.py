@@ -59,8 +59,8 @@ def test_dropped_rows_train_on_the_unconditional_prompt(vq_dir):
 
 def _params(tmp_path: Path, vq_dir: Path, **lm):
     overrides = {"tracking.uri": f"sqlite:///{tmp_path}/m.db", "tracking.artifact_location": str(tmp_path / "a"),
-                 "bootstrap.vq.out": str(vq_dir), "bootstrap.lm.out": str(tmp_path / "base")}
-    overrides.update({f"bootstrap.lm.{k}": v for k, v in {**TINY_LM.model_dump(exclude={"out"}), **lm}.items()})
+                 "bootstrap.lm.tokenizer": str(vq_dir), "bootstrap.lm.out": str(tmp_path / "base")}
+    overrides.update({f"bootstrap.lm.{k}": v for k, v in {**TINY_LM.model_dump(exclude={"out", "tokenizer"}), **lm}.items()})
     return load_params(ROOT / "params.yaml", overrides=overrides)
 
 
@@ -71,7 +71,7 @@ def test_gate_failure_writes_nothing(tmp_path, vq_dir):
 
 
 def test_missing_vq_is_a_clear_error(tmp_path):
-    with pytest.raises(Exception, match=r"no trained VQ tokenizer .*run `focusdiff bootstrap vq` first"):
+    with pytest.raises(Exception, match=r"bootstrap\.lm\.tokenizer: .*nowhere holds no trained VQ tokenizer .*run `focusdiff bootstrap vq`"):
         run_lm_stage(_params(tmp_path, tmp_path / "nowhere"))
 
 

@@ -128,7 +128,7 @@ def test_a_paused_stage_exits_75_and_the_same_command_finishes_it(tmp_path):
 
     from tests.project import VENV_BIN
 
-    sets = [a for k, v in {**TINY.model_dump(exclude={"out"}), "checkpoint_every": 2, "min_accuracy": 0.0}.items()
+    sets = [a for k, v in {**TINY.model_dump(exclude={"out", "init"}), "checkpoint_every": 2, "min_accuracy": 0.0}.items()
             for a in ("-S", f"bootstrap.vq.{k}={v}")]
     argv = [str(VENV_BIN / "focusdiff"), "bootstrap", "vq", "--params", str(ROOT / "params.yaml"), *sets,
             "-S", f"bootstrap.vq.out={tmp_path / 'vq'}", "-S", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -169,3 +169,72 @@ def test_training_with_the_edit_loss_logs_it_and_the_locality():
     assert any("vq/edit_loss" in m for m in seen)
     final = next(m for m in reversed(seen) if "vq/locality.tokens_per_block" in m)
     assert final["vq/locality.tokens_per_block"] >= 0 and "vq/locality.color.blocks_changed" in final
+
+
+def test_the_code_stability_loss_is_the_cross_entropy_of_untouched_assignments():
+    """Two pairs of 8x8 images on a 2x2 token grid; codes (1, 0) and (0, 1), temperature 1.
+    Pair 0's edit touches block 0 (not counted); every latent is (1, 0), whose soft assignment
+    p = softmax(1, 0) agrees with its partner's, costing the entropy H(p), except pair 1's
+    block 2, where the second scene's latent is (0, 1): cross-entropy -sum p log q, q = softmax(0, 1)."""
+    import math
+
+    from focusdiff.model.vq import untouched_code_instability
+
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    images[1, 0, 0] = 255
+    z = torch.zeros(16, 2)
+    z[:, 0] = 1.0
+    z[12 + 2] = torch.tensor([0.0, 1.0])
+    codebook = torch.eye(2)
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    entropy = -(p[0] * math.log(p[0]) + p[1] * math.log(p[1]))
+    crossed = -(p[0] * math.log(p[1]) + p[1] * math.log(p[0]))
+    expected = (6 * entropy + crossed) / 7  # 3 untouched blocks in pair 0, 4 in pair 1
+    assert untouched_code_instability(z, codebook, images, temperature=1.0).item() == pytest.approx(expected)
+    # colder: a confident, agreeing assignment costs almost nothing
+    agreeing = torch.zeros(16, 2)
+    agreeing[:, 0] = 1.0
+    assert untouched_code_instability(agreeing, codebook, images, temperature=0.01).item() < 1e-6
+
+
+def test_training_with_the_stability_loss_logs_it():
+    seen = []
+    train_vq(TINY.model_copy(update={"stability_weight": 0.1}), log=lambda m, s: seen.append(m))
+    assert any("vq/stability_loss" in m for m in seen)
+
+
+def _local_params(tmp_path: Path, init: Path, **vq):
+    """A tiny `bootstrap.vq_local`: fine-tunes `init` (a tiny trained VQ) with the stability loss."""
+    overrides = {"tracking.uri": f"sqlite:///{tmp_path}/m.db", "tracking.artifact_location": str(tmp_path / "a"),
+                 "bootstrap.vq_local.out": str(tmp_path / "vq-local"), "bootstrap.vq_local.init": str(init)}
+    tiny = TINY.model_dump(exclude={"out", "init"}) | {"restart_every": 0, "stability_weight": 0.1, "min_accuracy": 0.0}
+    overrides.update({f"bootstrap.vq_local.{k}": v for k, v in {**tiny, **vq}.items()})
+    return load_params(ROOT / "params.yaml", overrides=overrides)
+
+
+def test_the_locality_fine_tune_starts_from_its_init_and_records_it(tmp_path):
+    run_vq_stage(_params(tmp_path, min_accuracy=0.0))
+    init = tmp_path / "vq"
+    result = run_vq_stage(_local_params(tmp_path, init), "vq_local")
+    record = json.loads((result.out / "record.json").read_text())
+    assert record["command"] == "focusdiff bootstrap vq-local"
+    assert record["init"] == {"path": str(init), "model.safetensors": file_hashes(init)["model.safetensors"]}
+    assert record["locality"]["tokens_per_block"] == pytest.approx(result.tokens_per_block)
+    # a fine-tune, not a fresh start: 4 small steps leave the codebook close to the init's
+    before = JanusVQVAE.from_pretrained(init).quantize.embedding.weight
+    after = JanusVQVAE.from_pretrained(result.out).quantize.embedding.weight
+    assert torch.allclose(before, after, atol=0.05) and not torch.equal(before, after)
+
+
+def test_a_fine_tune_from_another_architecture_is_refused(tmp_path):
+    run_vq_stage(_params(tmp_path, min_accuracy=0.0))  # 64 codes
+    with pytest.raises(ValueError, match=r"init .*vq: its architecture differs from the config's: "
+                                         r"num_embeddings is 64, config says 128"):
+        run_vq_stage(_local_params(tmp_path, tmp_path / "vq", codebook_size=128), "vq_local")
+    assert not (tmp_path / "vq-local").exists()
+
+
+def test_a_fine_tune_without_its_init_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match=r"bootstrap\.vq_local\.init: .*nowhere holds no trained VQ "
+                                        r"\(record\.json missing\); train it first"):
+        run_vq_stage(_local_params(tmp_path, tmp_path / "nowhere"), "vq_local")
