@@ -132,38 +132,33 @@ def shapes_render(
     console.print(f"wrote {out}: {scene}")
 
 
-@bootstrap_app.command("vq")
-def bootstrap_vq(
-    params: ParamsOpt = Path("params.yaml"),
-    max_minutes: Annotated[Optional[float], typer.Option(
-        min=0, help="a bounded invocation: stop at the first checkpoint past this many minutes (exit 75); "
-                    "the same command continues from it")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
-) -> None:
-    """Train the ShapesWorld VQ tokenizer; writes bootstrap.vq.out if it passes its gate."""
+MaxMinutesOpt = Annotated[Optional[float], typer.Option(
+    min=0, help="a bounded invocation: stop at the first checkpoint past this many minutes (exit 75); "
+                "the same command continues from it")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")]
+
+
+def _train_vq(block: str, params: Path, set_: Optional[list[str]], max_minutes: Optional[float]) -> None:
     from focusdiff.stages.bootstrap import run_vq_stage
 
-    result = run_vq_stage(_params(params, set_, example_block="bootstrap.vq"), "vq", max_minutes=max_minutes)
+    result = run_vq_stage(_params(params, set_, example_block=f"bootstrap.{block}"), block, max_minutes=max_minutes)
     console.print(f"VQ reconstructions keep {result.accuracy:.2%} of checker clauses; a one-object edit changes "
                   f"{result.tokens_per_block:.2f} tokens per pixel block it touches; wrote {result.out}")
     console.print(f"MLflow run: {result.mlflow_run_id}")
+
+
+@bootstrap_app.command("vq")
+def bootstrap_vq(params: ParamsOpt = Path("params.yaml"), max_minutes: MaxMinutesOpt = None, set_: SetOpt = None) -> None:
+    """Train the ShapesWorld VQ tokenizer; writes bootstrap.vq.out if it passes its gate."""
+    _train_vq("vq", params, set_, max_minutes)
 
 
 @bootstrap_app.command("vq-local")
-def bootstrap_vq_local(
-    params: ParamsOpt = Path("params.yaml"),
-    max_minutes: Annotated[Optional[float], typer.Option(
-        min=0, help="a bounded invocation: stop at the first checkpoint past this many minutes (exit 75); "
-                    "the same command continues from it")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
-) -> None:
+def bootstrap_vq_local(params: ParamsOpt = Path("params.yaml"), max_minutes: MaxMinutesOpt = None,
+                       set_: SetOpt = None) -> None:
     """Fine-tune the VQ (bootstrap.vq_local.init) to be local; writes bootstrap.vq_local.out if it passes its gate."""
-    from focusdiff.stages.bootstrap import run_vq_stage
-
-    result = run_vq_stage(_params(params, set_, example_block="bootstrap.vq_local"), "vq_local", max_minutes=max_minutes)
-    console.print(f"VQ reconstructions keep {result.accuracy:.2%} of checker clauses; a one-object edit changes "
-                  f"{result.tokens_per_block:.2f} tokens per pixel block it touches; wrote {result.out}")
-    console.print(f"MLflow run: {result.mlflow_run_id}")
+    _train_vq("vq_local", params, set_, max_minutes)
 
 
 @bootstrap_app.command("lm")
