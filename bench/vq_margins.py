@@ -20,16 +20,11 @@ import torch
 import torch.nn.functional as F
 from transformers import JanusVQVAE
 
-from focusdiff.model.vq import (LOCAL_EDITS, SceneStream, _encode_normalized, quality_pairs, reconstruct, to_pixels,
-                                tokenizer_locality)
+from focusdiff.model.vq import (LOCAL_EDITS, SceneStream, _encode_normalized, block_any, quality_pairs, reconstruct,
+                                to_pixels, tokenizer_locality, touched_blocks)
 from focusdiff.model.vq_config import VQTrainConfig
 from focusdiff.shapes.accuracy import clause_accuracy
 from focusdiff.shapes.render import render
-
-
-def block_mask(mask: np.ndarray, side: int, size: int) -> np.ndarray:
-    """(size, size) -> (side, size//side, side, size//side): one block per token of the grid."""
-    return mask.reshape(side, size // side, side, size // side)
 
 
 def flips(vq: JanusVQVAE, pairs) -> None:
@@ -41,14 +36,14 @@ def flips(vq: JanusVQVAE, pairs) -> None:
             a, b = render(pair.scene1), render(pair.scene2)
             z = _encode_normalized(vq, to_pixels(np.stack([a, b])))
             n = z.shape[0] // 2
-            side, size = int(round(n**0.5)), a.shape[0]
+            side = int(round(n**0.5))
             z = z.view(2, n, -1)
             sims = z @ codebook.T
             tokens = sims.argmax(-1)
             top2 = sims.topk(2, -1).values
-            touched = block_mask((a != b).any(-1), side, size).any(axis=(1, 3)).reshape(-1)
-            background = (block_mask((a == a[0, 0]).all(-1), side, size).all(axis=(1, 3))
-                          & block_mask((b == b[0, 0]).all(-1), side, size).all(axis=(1, 3))).reshape(-1)
+            touched = touched_blocks(a, b, side)
+            # a background block: every pixel of both images is the background colour
+            background = ~block_any((a != a[0, 0]).any(-1), side) & ~block_any((b != b[0, 0]).any(-1), side)
             flipped = (tokens[0] != tokens[1]).numpy()
             for k in range(n):
                 kind = "touched" if touched[k] else "background" if background[k] else "other untouched"

@@ -108,6 +108,22 @@ class LocalityReport(BaseModel):
         return sum(self.tokens_changed[c] for c in categories) / max(sum(self.blocks_changed[c] for c in categories), 1e-9)
 
 
+def block_any(mask: np.ndarray, side: int) -> np.ndarray:
+    """(..., size, size) pixel booleans -> (..., side*side): whether any pixel of each block of a
+    side x side token grid is set, in the tokens' raster order (one block per image token)."""
+    size = mask.shape[-1]
+    if mask.shape[-2] != size or size % side:
+        raise ValueError(f"a {side}x{side} token grid does not tile a {mask.shape[-2]}x{size} image")
+    lead = mask.shape[:-2]
+    return mask.reshape(*lead, side, size // side, side, size // side).any(axis=(-3, -1)).reshape(*lead, side * side)
+
+
+def touched_blocks(a: np.ndarray, b: np.ndarray, side: int) -> np.ndarray:
+    """The token-grid blocks an edit touches: (..., size, size, channels) images a and b ->
+    (..., side*side) booleans, True where any pixel of the block differs."""
+    return block_any((a != b).any(-1), side)
+
+
 def tokenizer_locality(vq: JanusVQVAE, pairs) -> LocalityReport:
     """Render both scenes of each pair, encode them, and count (a) the tokens that differ and
     (b) the pixel blocks (one per token of the grid) with any changed pixel. A local tokenizer
@@ -122,10 +138,10 @@ def tokenizer_locality(vq: JanusVQVAE, pairs) -> LocalityReport:
             a, b = render(pair.scene1), render(pair.scene2)
             t = vq.encode(to_pixels(np.stack([a, b])).to(dtype)).image_tokens.view(2, -1)
             n = t.shape[1]
-            side, size = int(round(n**0.5)), a.shape[0]
-            if side * side != n or size % side:
-                raise ValueError(f"{n} image tokens do not tile a {size}x{size} image as a square grid")
-            touched = (a != b).any(-1).reshape(side, size // side, side, size // side).any(axis=(1, 3))
+            side = int(round(n**0.5))
+            if side * side != n:
+                raise ValueError(f"{n} image tokens do not form a square grid")
+            touched = touched_blocks(a, b, side)
             tokens[pair.category].append(int((t[0] != t[1]).sum()))
             blocks[pair.category].append(int(touched.sum()))
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
@@ -140,9 +156,7 @@ def untouched_latent_change(zn: torch.Tensor, images: np.ndarray) -> torch.Tenso
     pairs = len(images) // 2
     side = int(round((zn.shape[0] // len(images)) ** 0.5))
     z = zn.view(len(images), side * side, -1)[: 2 * pairs]
-    a, b = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
-    size = a.shape[1]
-    touched = (a != b).any(-1).reshape(pairs, side, size // side, side, size // side).any(axis=(2, 4)).reshape(pairs, -1)
+    touched = touched_blocks(images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2], side)  # (pairs, blocks)
     keep = torch.from_numpy(~touched).float()
     change = ((z[0::2] - z[1::2]) ** 2).sum(-1)  # (pairs, blocks)
     return (change * keep).sum() / keep.sum().clamp(min=1.0)
@@ -159,9 +173,7 @@ def untouched_code_instability(zn: torch.Tensor, codebook: torch.Tensor, images:
     assignments: it pulls unchanged content into the same code, away from the code boundaries."""
     pairs = len(images) // 2
     side = int(round((zn.shape[0] // len(images)) ** 0.5))
-    a, b = images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2]
-    size = a.shape[1]
-    touched = (a != b).any(-1).reshape(pairs, side, size // side, side, size // side).any(axis=(2, 4)).reshape(-1)
+    touched = touched_blocks(images[0 : 2 * pairs : 2], images[1 : 2 * pairs : 2], side).reshape(-1)
     keep = torch.from_numpy(~touched)
     if not keep.any():
         return zn.sum() * 0.0

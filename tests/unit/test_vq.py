@@ -147,6 +147,27 @@ def test_a_paused_stage_exits_75_and_the_same_command_finishes_it(tmp_path):
     assert "run the same command again to continue" in runs[0].data.tags["paused"] and "error" not in runs[0].data.tags
 
 
+def test_touched_blocks_marks_each_grid_block_with_a_changed_pixel():
+    """8x8 images on a 2x2 token grid (4x4-pixel blocks), raster order: a pixel changed at (1, 6)
+    touches block 1 (top right), one at (7, 0) block 2 (bottom left); batch axes pass through."""
+    from focusdiff.model.vq import touched_blocks
+
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1, 6, 2] = 9
+    b[7, 0, 0] = 1
+    assert touched_blocks(a, b, side=2).tolist() == [False, True, True, False]
+    assert touched_blocks(np.stack([a, a]), np.stack([b, a]), side=2).tolist() == [[False, True, True, False], [False] * 4]
+
+
+def test_a_grid_that_does_not_tile_the_image_is_a_clear_error():
+    from focusdiff.model.vq import touched_blocks
+
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"a 3x3 token grid does not tile a 8x8 image"):
+        touched_blocks(a, a, side=3)
+
+
 def test_the_edit_consistency_loss_counts_only_untouched_blocks():
     """Two pairs of 8x8 images on a 2x2 token grid (4x4-pixel blocks): pair 0's edit touches the
     top-left block, pair 1's nothing. Latent changes: pair 0 moves 1.0 in its touched block and
