@@ -35,6 +35,6 @@ class LMTrainConfig(BaseModel):
     cfg_weight: float = Field(5.0, ge=1, description="guidance used when measuring quality")
     min_single_object_accuracy: float = Field(0.8, ge=0, le=1, description="gate on single-object prompts")
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable training checkpoints")
-    tokenizer: Path = Field(Path("focusdiff/model/weights/shapes-vq"), description="the trained VQ whose tokens the "
+    tokenizer: Path = Field(Path("focusdiff/model/weights/shapes-vq-local"), description="the trained VQ whose tokens the "
                             "LM draws (bootstrap.vq.out or bootstrap.vq_local.out)")
     out: Path = Field(Path("focusdiff/model/weights/shapes-base"), description="the shipped base policy")

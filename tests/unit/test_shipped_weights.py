@@ -116,11 +116,9 @@ def test_shipped_base_files_match_their_record():
     assert record["files"] == file_hashes(BASE_DIR)
     assert record["command"] == "focusdiff bootstrap lm"
     recorded, now = record["params"]["bootstrap.lm"], PARAMS.bootstrap.lm.model_dump(mode="json")
-    # a setting added after the record may be missing from it at the value the shipped run used
-    # (it drew the tokens of the reconstruction VQ: `tokenizer` did not exist yet)
-    as_shipped = {"tokenizer": "focusdiff/model/weights/shapes-vq"}
-    assert {k: v for k, v in now.items() if k not in recorded}.items() <= as_shipped.items()
-    assert recorded == {k: v for k, v in now.items() if k in recorded}
+    assert recorded == now
+    # it drew the tokens of the local tokenizer (issue 27), not the reconstruction VQ
+    assert PARAMS.bootstrap.lm.tokenizer == PARAMS.bootstrap.vq_local.out
     assert record["params"]["data.shapes.holdout"] == sorted([list(h) for h in PARAMS.data.shapes.holdout])
     # built on the shipped tokenizer it names
     assert record["vq"]["model.safetensors"] == _record(ROOT / PARAMS.bootstrap.lm.tokenizer)["files"]["model.safetensors"]
