@@ -280,6 +280,54 @@ def train(
         console.print(f"MLflow run: {result.mlflow_run_id}")
 
 
+@app.command("plan")
+def plan_memory(
+    params: ParamsOpt = Path("params.yaml"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a recipe (recipes/*.yaml) instead of params.yaml's train block")] = None,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs the run uses")] = 1,
+    gpu_mem: Annotated[float, typer.Option("--gpu-mem", min=1, help="memory of one GPU, GiB")] = 80.0,
+    zero: Annotated[Optional[int], typer.Option(
+        help="DeepSpeed ZeRO stage: 0 (none), 2 or 3; default 2 with several GPUs (the recipes' launch), else 0")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="plan this real shape (janus-pro-1b, janus-pro-7b) whatever the policy")] = None,
+    layers: Annotated[Optional[int], typer.Option(min=1, help="only this many language-model layers")] = None,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="tokens of a padded prompt")] = 80,
+    set_: SetOpt = None,
+) -> None:
+    """Per-GPU memory of a Pair-GRPO run by part (weights, gradients, optimizer, reference,
+    rollout KV cache, activations with and without gradient checkpointing), whether it fits,
+    and the largest items_per_micro_batch that does. Nothing is loaded or downloaded."""
+    from rich.table import Table
+
+    from focusdiff.stages.plan import GiB, Hardware, run_plan
+    from focusdiff.stages.train import train_inputs
+
+    stage = (2 if gpus > 1 else 0) if zero is None else zero
+    if stage not in (0, 2, 3):
+        raise typer.BadParameter(f"--zero must be 0, 2 or 3, got {stage}")
+    cfg, _, _ = train_inputs(params, config, set_)
+    hw = Hardware(gpus=gpus, gpu_mem_gib=gpu_mem, zero=stage, prompt_tokens=prompt_tokens)
+    model_shape, p = run_plan(cfg, hw, shape, layers)
+    mode = "LoRA r=%d" % cfg.lora.rank if cfg.lora else "full fine-tuning"
+    table = Table(title=f"{cfg.policy}: {model_shape.total_params / 1e9:.2f}B parameters, {mode}, "
+                        f"{cfg.mixed_precision}, ZeRO-{stage} on {gpus} x {gpu_mem:g} GiB; "
+                        f"{p.images_per_micro_batch} images per micro-batch")
+    table.add_column("part")
+    table.add_column("GiB per GPU", justify="right")
+    for part, value in p.parts.items():
+        label = part
+        if part == "activations":
+            label += " (gradient checkpointing)" if cfg.gradient_checkpointing else " (no checkpointing)"
+        table.add_row(label, f"{value / GiB:.2f}")
+    other = "without" if cfg.gradient_checkpointing else "with"
+    table.add_row(f"[dim]activations {other} checkpointing[/dim]", f"[dim]{p.activations_other / GiB:.2f}[/dim]")
+    table.add_row("peak: rollout / loss", f"{p.rollout_peak / GiB:.2f} / {p.loss_peak / GiB:.2f}")
+    table.add_row("usable (GPU less headroom)", f"{p.usable / GiB:.2f}")
+    console.print(table)
+    verdict = "fits" if p.fits else "does NOT fit"
+    console.print(f"{verdict}: peak {p.peak / GiB:.1f} GiB of {p.usable / GiB:.1f}; the largest items_per_micro_batch "
+                  f"that fits is {p.max_items_per_micro_batch} (the recipe has {cfg.items_per_micro_batch})")
+
+
 @app.command("submit-training")
 def submit_training(
     params: ParamsOpt = Path("params.yaml"),

@@ -14,6 +14,11 @@ import torch
 from transformers import JanusForConditionalGeneration, PreTrainedTokenizerBase
 
 
+# What Pair-GRPO never trains: the understanding tower and its aligner, the VQ, the text head.
+# The trainer (trainable_parameters) and the memory planner (focusdiff/train/plan.py) read it.
+FROZEN_FOR_IMAGE_GENERATION = ("model.vision_model", "model.aligner", "model.vqmodel", "lm_head")
+
+
 @dataclass
 class Policy:
     model: JanusForConditionalGeneration

@@ -58,6 +58,20 @@ class LRConfig(_Section):
         return self
 
 
+class LoRAConfig(_Section):
+    """Low-rank adapters (peft) on the language model instead of full fine-tuning: what most
+    single-GPU runs of the field do (Flow-GRPO, UniRL). The KL reference is then the same model
+    with its adapters disabled (no second copy in memory), and the frozen base can stay in
+    bf16. Only modules of the language model (`model.language_model`) are adapted."""
+
+    rank: int = Field(16, ge=1, description="r: the adapters' rank")
+    alpha: float = Field(32.0, gt=0, description="scale alpha / r of the adapters' update")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1, description="names of the language model's linear layers that get adapters")
+
+
 class GRPOConfig(_Section):
     """Pair-GRPO (and vanilla GRPO). Defaults are the reference FocusDiff run's constants
     (../shared/specs/pair-grpo.md); the embedded default overrides a few in params.yaml."""
@@ -105,6 +119,8 @@ class GRPOConfig(_Section):
         0.1, ge=0, le=1, description="with on_judge_failure=drop: the run fails as soon as the items dropped exceed "
         "this share of all the items the run trains on (steps x items per step), so a run whose judge is down "
         "fails instead of finishing untrained. A step whose items were all dropped makes no update either way")
+
+    lora: LoRAConfig | None = Field(None, description="train low-rank adapters instead of every weight (null: full)")
 
     # running it
     seed: int = Field(42, ge=0)

@@ -37,11 +37,11 @@ from accelerate.utils import gather_object
 from PIL import Image
 
 from focusdiff.data.schema import load_dataset
-from focusdiff.errors import FocusdiffError
+from focusdiff.errors import ConfigError, FocusdiffError
 from focusdiff.io import atomic_directory, atomic_write_json
 from focusdiff.judge.base import Judge
 from focusdiff.model.loading import checkpoint_files, load_policy
-from focusdiff.model.policy import Policy
+from focusdiff.model.policy import FROZEN_FOR_IMAGE_GENERATION, Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
 from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
@@ -49,13 +49,13 @@ from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
+from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.objective import injection_probability, learning_rate, policy_loss
 from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
 from focusdiff.viz import labeled_grid
 
 # Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
 # for their gradients (the understanding encoder, its aligner, the text head, the VQ).
-_FROZEN_PREFIXES = ("model.vision_model", "model.aligner", "model.vqmodel", "lm_head")
 # Config fields that do not change the trajectory: a checkpoint survives changes to them. The
 # policy, reference and data enter the run's identity by content (run_identity), not by path;
 # the judge by what scores (backend, model), not by how it is reached.
@@ -132,7 +132,7 @@ def trainable_state(accelerator: Accelerator, scorer, trainable: dict[str, torch
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(_FROZEN_PREFIXES))
+        p.requires_grad_(not name.startswith(FROZEN_FOR_IMAGE_GENERATION))
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -221,16 +221,30 @@ class Trainer:
         self.accelerator = accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                                                      gradient_accumulation_steps=cfg.grad_accum)
         device = accelerator.device
-        self.policy = policy = load_policy(cfg.policy, device=device)
+        if cfg.lora is not None and _zero3(accelerator):
+            raise ConfigError("train.lora with DeepSpeed ZeRO-3: not supported (the adapters' reference pass needs the "
+                              "whole base on each process); use ZeRO-2 (infra/accelerate/zero2-8gpu.yaml) or DDP")
+        if cfg.lora is not None and cfg.reference is not None:
+            raise ConfigError("train.lora: the KL reference is the policy with its adapters disabled; "
+                              f"train.reference ({cfg.reference}) would be ignored: leave it null")
+        # a LoRA run's frozen base may stay in bf16 (its adapters are fp32); a full run's weights are fp32
+        # (mixed precision autocasts them)
+        base_dtype = torch.bfloat16 if cfg.lora is not None and cfg.mixed_precision == "bf16" else torch.float32
+        self.policy = policy = load_policy(cfg.policy, device=device, dtype=base_dtype)
         policy.model.eval()
         if cfg.gradient_checkpointing:
-            policy.model.gradient_checkpointing_enable()
+            # non-reentrant: with LoRA the layers' inputs need no gradient (frozen embeddings), which the
+            # reentrant variant would take for "no gradient through this layer"
+            policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = None
-        if cfg.beta > 0:
+        if cfg.beta > 0 and cfg.lora is None:
             self.reference = load_policy(cfg.reference or cfg.policy, device=device,
                                          dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32)
             self.reference.model.eval().requires_grad_(False)
-        self.trainable = trainable_parameters(policy.model)
+        if cfg.lora is not None:
+            self.trainable = add_adapters(policy.model, cfg.lora, cfg.seed)
+        else:
+            self.trainable = trainable_parameters(policy.model)
         optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas,
                                       weight_decay=cfg.weight_decay)
         self.scorer, self.optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
@@ -274,6 +288,14 @@ class Trainer:
                   "starting from step 0")
         return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
 
+    def reference_logprobs(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
+        """The KL reference's log-probs: the frozen reference copy, or under LoRA the policy with
+        its adapters disabled (the base, with no second copy)."""
+        if self.reference is not None:
+            return token_logprobs(self.reference, prompts, tokens, self.cfg.sampling, self.cfg.logprob_form).float()
+        with full_parameters(self.accelerator, self.policy.model), adapters_disabled(self.policy.model):
+            return token_logprobs(self.policy, prompts, tokens, self.cfg.sampling, self.cfg.logprob_form).float()
+
     def train(
         self,
         log: Logger = lambda metrics, step: None,
@@ -316,9 +338,8 @@ class Trainer:
                         downsample(e, cfg.group_size, cfg.expand_pair_groups)
                         e.advantages = advantages(e, cfg.expand_pair_groups)
                     with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
-                        if self.reference is not None:
-                            e.ref_logp = token_logprobs(self.reference, e.prompts, e.tokens, sampling,
-                                                        cfg.logprob_form).float()
+                        if cfg.beta > 0:
+                            e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
                         if cfg.updates_per_batch > 1:
                             with full_parameters(accelerator, policy.model):
                                 e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling,
@@ -389,6 +410,8 @@ class Trainer:
         out = None
         accelerator.wait_for_everyone()
         full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
+        if cfg.lora is not None:
+            merge_adapters(policy.model)  # the version is a plain Janus checkpoint (focusdiff/train/lora.py)
         if accelerator.is_main_process:
             out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
                                             "resumed_from": start, "totals": totals, "fingerprint": self.fingerprint,
