@@ -376,6 +376,7 @@ class Trainer:
                                 check_gradient_norm(step, float(norm))
                             stats["grad_norm"] += float(norm)
                     timing["backward"] += time.perf_counter() - t
+                    stats["loss"] += float(parts.loss)
                     stats["kl"] += float(parts.kl)
                     stats["clip_fraction"] += float(parts.clip_fraction)
                     stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
@@ -496,7 +497,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
     sums["sampled_images"] = sum(int((~e.is_real).sum()) if e.sampled_rewards is None else len(e.sampled_rewards)
                                  for b in micro_batches for e in b)
     per_update = cfg.updates_per_batch * cfg.grad_accum
-    for k in ("kl", "clip_fraction", "kl_capped_fraction", "logprob_gap"):
+    for k in ("loss", "kl", "clip_fraction", "kl_capped_fraction", "logprob_gap"):
         sums[k] = stats.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
     sums["grad_norm"] = stats.get("grad_norm", 0.0) / cfg.updates_per_batch
     sums.update({f"time_{k}": v for k, v in timing.items()})
@@ -520,6 +521,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
         metrics.update({
             "train/reward_mean": mean,
             "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
+            "train/loss": sums["loss"] / world,
             "train/kl": sums["kl"] / world,
             "train/clip_fraction": sums["clip_fraction"] / world,
             "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,
