@@ -126,22 +126,11 @@ def shapes_policy() -> Policy:
 
 
 def janus_pro_1b_policy(device: str) -> Policy:
-    """Janus-Pro-1B's shapes with random weights (no download needed for speed)."""
-    from transformers import JanusConfig
+    """Janus-Pro-1B's real shape with random weights (no download needed for speed)."""
+    from focusdiff.model.real_shapes import build_real_shape_model, real_shape_tokenizer
 
-    from focusdiff.model.shapes_model import build_tokenizer
-
-    tok = build_tokenizer()
-    config = JanusConfig(
-        text_config={"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 24,
-                     "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 102400,
-                     "max_position_embeddings": 16384, "bos_token_id": tok.bos_token_id, "pad_token_id": tok.pad_token_id},
-        vision_config={"num_hidden_layers": 1},  # the understanding tower is unused for generation
-        vq_config={"projection_dim": 2048, "image_token_embed_dim": 2048},
-        image_token_id=tok.convert_tokens_to_ids(tok.image_token),
-    )
-    model = JanusForConditionalGeneration(config).to(device=device, dtype=torch.bfloat16).eval()
-    return Policy(model, tok, "random-janus-pro-1b")
+    model = build_real_shape_model("janus-pro-1b", dtype=torch.bfloat16, device=device)
+    return Policy(model, real_shape_tokenizer("janus-pro-1b"), "random-janus-pro-1b")
 
 
 def main() -> None:

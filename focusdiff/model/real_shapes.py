@@ -106,12 +106,15 @@ def real_shape_tokenizer(name: str) -> PreTrainedTokenizerFast:
     )
 
 
-def build_real_shape_model(name: str, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """The random-initialised JanusForConditionalGeneration (transformers' own init, seeded)."""
+def build_real_shape_model(name: str, layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
+                           device: str | torch.device = "cpu"):
+    """The random-initialised JanusForConditionalGeneration (transformers' own init, seeded),
+    built on `device` (initialising 7B parameters on a CPU takes minutes, on a GPU seconds)."""
     from transformers import JanusForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(real_shape_config(name, layers))
+    with torch.device(device):
+        model = JanusForConditionalGeneration(real_shape_config(name, layers))
     return model.to(dtype).eval()
 
 

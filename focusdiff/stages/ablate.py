@@ -7,6 +7,8 @@ step (so the same number of rollouts); only the method's switches differ:
     grpo                     per-prompt groups, no injection
     pair-grpo-no-injection   expanded groups over both prompts of a pair
     pair-grpo                expanded groups + ground-truth injection on the curriculum
+    pair-grpo-lora           pair-grpo training LoRA adapters (train.lora's defaults) instead of
+                             the whole policy, every learning rate x10 (LORA_LR_SCALE)
 
 Each trained policy (and the base) is scored on PairComp's held-out test pairs twice: by
 the reward judge it was trained against and by the exact checker (the held-out
@@ -56,13 +58,18 @@ from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
 from focusdiff.stages.train import step_summary
 from focusdiff.tracking import StageRun, git_commit
+from focusdiff.train.configs import LoRAConfig
 from focusdiff.train.trainer import train
 
-VARIANTS: dict[str, dict[str, bool]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"expand_pair_groups": False, "inject_ground_truth": False},
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
+    "pair-grpo-lora": {"expand_pair_groups": True, "inject_ground_truth": True, "lora": LoRAConfig()},
 }
+# Adapters learn at a higher rate than the whole model (Flow-GRPO: 3e-4 for LoRA on SD3); the
+# LoRA variant keeps the steps, rollouts and schedule of the others with every rate x10.
+LORA_LR_SCALE = 10.0
 RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
 TABLE_FILE = "table.md"
 TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
@@ -188,7 +195,7 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     for variant in variants or list(VARIANTS):
         for seed in seeds:
             run_dir = out / f"{variant}-seed{seed}"
-            cfg = params.train.model_copy(update={**VARIANTS[variant], "seed": seed, "out": run_dir / "policy",
+            cfg = params.train.model_copy(update={**variant_fields(params.train, variant), "seed": seed, "out": run_dir / "policy",
                                                   "checkpoint_dir": run_dir / "checkpoints",
                                                   "metrics_dir": run_dir / "metrics"})
             cell = _run_cell(params, judges, wanted, results, run_dir, variant, seed, _train_key(cfg), str(cfg.out), cfg)
@@ -196,6 +203,16 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
             log({f"ablate.{variant}.seed{seed}.{k}": v for c in cell for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     return cells
+
+
+def variant_fields(train_cfg, variant: str) -> dict[str, Any]:
+    """The training fields a variant sets (the LoRA variant also scales the learning rates)."""
+    fields = dict(VARIANTS[variant])
+    if "lora" in fields:
+        lr = train_cfg.lr
+        fields["lr"] = lr.model_copy(update={"peak": lr.peak * LORA_LR_SCALE, "mid": lr.mid * LORA_LR_SCALE,
+                                             "final": lr.final * LORA_LR_SCALE})
+    return fields
 
 
 def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[str, int], str], results: Path,
@@ -252,7 +269,7 @@ def report(results: Path = RESULTS) -> str:
     return text
 
 
-REFERENCES = ("base", "grpo")  # what each variant is compared with, pair by pair
+REFERENCES = ("base", "grpo", "pair-grpo")  # what each variant is compared with, pair by pair
 DIFFERENCE_RESAMPLES = 2000
 
 

@@ -376,7 +376,7 @@ class Trainer:
                                 check_gradient_norm(step, float(norm))
                             stats["grad_norm"] += float(norm)
                     timing["backward"] += time.perf_counter() - t
-                    stats["loss"] += float(parts.loss)
+                    stats["loss"] += float(parts.loss.detach())
                     stats["kl"] += float(parts.kl)
                     stats["clip_fraction"] += float(parts.clip_fraction)
                     stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)

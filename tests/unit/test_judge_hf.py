@@ -27,69 +27,14 @@ from focusdiff.judge.base import JudgeFailure, question
 from focusdiff.judge.hf_judge import HFJudge
 from focusdiff.judge.openai_judge import parse_verdict, request_body
 from focusdiff.judge.server import create_app, make_backend
-from tests.tiny_models import bpe_tokenizer
+from tests.tiny_models import (PLAIN_CORPUS, YES_NO_CORPUS, llava_tokenizer as _tokenizer,
+                               save_llava_processor as _save_processor, save_tiny_llava)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
-TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}<image>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-YES_NO_CORPUS = ["yes", "Yes", "YES", "no", "No", "NO", "yes no Yes No YES NO", "yesterday nothing",
-                 question("a red circle"), question("two blue squares on a black background")]
-PLAIN_CORPUS = ["a red circle", "two blue squares", "the letter A"]
-
-
-def _tokenizer(corpus: list[str]):
-    return bpe_tokenizer(corpus, SPECIAL, eos="<|im_end|>", pad="<|endoftext|>")
-
-
-def _save_processor(tokenizer, out: Path, chat_template: str | None = TEMPLATE) -> None:
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
-
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=4, vision_feature_select_strategy="default",
-        chat_template=chat_template, num_additional_image_tokens=1,  # CLIP's CLS token
-    ).save_pretrained(out)
-
-
-def _save_model(tokenizer, out: Path) -> None:
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL}
-    config = LlavaConfig(
-        text_config=dict(
-            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=None,
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, image_size=16, patch_size=4, projection_dim=16,
-        ),
-        image_token_index=ids["<image>"], image_seq_length=16, vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config)
-    # Random init gives every token about the same logit; spread them so yes/no mass is not ~uniform.
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 2.0)
-    model.save_pretrained(out)
-
-
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-llava")
-    tokenizer = _tokenizer(YES_NO_CORPUS)
-    _save_model(tokenizer, out)
-    _save_processor(tokenizer, out)
-    return out
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
 
 
 @pytest.fixture(scope="module")

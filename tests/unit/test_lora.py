@@ -153,3 +153,15 @@ def test_two_lora_processes_match_one_process(world, tmp_path):
     start = load_file(world / "policy" / "model.safetensors")
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-5
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_the_lora_ablation_variant_is_pair_grpo_with_adapters_and_ten_times_the_rates():
+    from focusdiff.stages.ablate import variant_fields
+    from focusdiff.train.configs import GRPOConfig, LoRAConfig
+
+    base = GRPOConfig(lr={"schedule": "cosine", "peak": 5e-5, "mid": 1e-5, "final": 1e-6})
+    fields = variant_fields(base, "pair-grpo-lora")
+    assert fields["expand_pair_groups"] and fields["inject_ground_truth"] and fields["lora"] == LoRAConfig()
+    assert (fields["lr"].peak, fields["lr"].mid, fields["lr"].final) == pytest.approx((5e-4, 1e-4, 1e-5))
+    assert fields["lr"].schedule == "cosine" and fields["lr"].warmup == base.lr.warmup
+    assert "lr" not in variant_fields(base, "pair-grpo")  # the full fine-tuning variants keep params.yaml's rates
