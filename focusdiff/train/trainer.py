@@ -54,8 +54,6 @@ from focusdiff.train.objective import injection_probability, learning_rate, poli
 from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
 from focusdiff.viz import labeled_grid
 
-# Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
-# for their gradients (the understanding encoder, its aligner, the text head, the VQ).
 # Config fields that do not change the trajectory: a checkpoint survives changes to them. The
 # policy, reference and data enter the run's identity by content (run_identity), not by path;
 # the judge by what scores (backend, model), not by how it is reached.
