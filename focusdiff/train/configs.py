@@ -89,6 +89,12 @@ class GRPOConfig(_Section):
         None, ge=1, description="train on only the first N pairs of each category: an overfitting check that the "
         "reward rises on prompts the run revisits (with unpaired_prompts off). null: every pair")
     group_size: int = Field(7, ge=2, description="G: images per prompt in the loss")
+    advantage_scale: Literal["group", "batch", "none"] = Field(
+        "group", description="what divides a group's centred rewards: the group's std (the reference), the std of "
+        "every reward of the step over all processes (Flow-GRPO), or nothing (TRL's scale_rewards='none')")
+    std_floor: float = Field(
+        0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
+        "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")
     rollouts_per_prompt: int | None = Field(
         None, ge=2, description="images sampled per prompt (>= G); the loss takes the G per prompt (2G per expanded "
         "pair group) whose rewards vary most: max-variance down-sampling, for when sampling is cheap next to the "

@@ -176,10 +176,18 @@ def downsample(e: ItemExperience, keep_per_prompt: int, expand_pair_groups: bool
     e.images, e.rewards = e.images[keep.numpy()], e.rewards[keep]
 
 
-def advantages(e: ItemExperience, expand_pair_groups: bool) -> torch.Tensor:
-    """Expanded group (both prompts' 2G images) for a pair under Pair-GRPO; per prompt otherwise."""
+def reward_groups(e: ItemExperience, expand_pair_groups: bool) -> list[torch.Tensor]:
+    """The indices of each group the rewards are normalised over: a pair's expanded group
+    (both prompts' images) under Pair-GRPO, else one group per prompt."""
     if e.item.paired and expand_pair_groups:
-        return group_advantages(e.rewards)
+        return [torch.arange(len(e.rewards))]
+    return [torch.nonzero(~e.second).flatten(), torch.nonzero(e.second).flatten()]
+
+
+def advantages(e: ItemExperience, expand_pair_groups: bool, scale: str = "group", batch_std: float | None = None,
+               std_floor: float = 0.0) -> torch.Tensor:
+    """Each group's advantages (objective.group_advantages) in the item's image order."""
     out = torch.empty_like(e.rewards)
-    out[~e.second], out[e.second] = group_advantages(e.rewards[~e.second]), group_advantages(e.rewards[e.second])
+    for group in reward_groups(e, expand_pair_groups):
+        out[group] = group_advantages(e.rewards[group], scale=scale, batch_std=batch_std, std_floor=std_floor)
     return out

@@ -50,12 +50,10 @@ from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
-from focusdiff.train.objective import injection_probability, learning_rate, policy_loss
-from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
+from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
+from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward, reward_groups
 from focusdiff.viz import labeled_grid
 
-# Parts of a Janus model that image generation never touches: frozen, so DDP does not wait
-# for their gradients (the understanding encoder, its aligner, the text head, the VQ).
 # Config fields that do not change the trajectory: a checkpoint survives changes to them. The
 # policy, reference and data enter the run's identity by content (run_identity), not by path;
 # the judge by what scores (backend, model), not by how it is reached.
@@ -68,6 +66,7 @@ _NOT_TRAJECTORY = {
     # how a judge failure is handled: the steps already taken are the same under either setting
     "on_judge_failure": True, "max_dropped_fraction": True,
 }
+ZERO_STD = 1e-6  # a group whose rewards' std is below this carries no signal (train/zero_std_fraction)
 
 
 class TrainingFailed(FocusdiffError):
@@ -336,7 +335,6 @@ class Trainer:
                 for e in batch:
                     if e.dropped is None:
                         downsample(e, cfg.group_size, cfg.expand_pair_groups)
-                        e.advantages = advantages(e, cfg.expand_pair_groups)
                     with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
                         if cfg.beta > 0:
                             e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
@@ -346,6 +344,14 @@ class Trainer:
                                                                      cfg.logprob_form)
                 timing["logprobs"] += time.perf_counter() - t
                 micro_batches.append(batch)
+
+            # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
+            batch_std = step_reward_std(accelerator, micro_batches) if cfg.advantage_scale == "batch" else None
+            for batch in micro_batches:
+                for e in batch:
+                    if e.dropped is None:
+                        e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std,
+                                                  cfg.std_floor)
 
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
@@ -439,6 +445,17 @@ def _directory_of(policy: Policy) -> Path | None:
     return Path(name) if name and Path(name).is_dir() else None
 
 
+def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]]) -> float:
+    """The unbiased std of every reward the step's loss takes, over all processes (collective)."""
+    rewards = [e.rewards for batch in micro_batches for e in batch if e.dropped is None]
+    flat = torch.cat(rewards).double() if rewards else torch.zeros(0, dtype=torch.float64)
+    sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
+                        device=accelerator.device)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    return pooled_std(*sums.tolist())
+
+
 def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: GRPOConfig, sampling: SamplingConfig,
                       first: bool):
     """The clipped surrogate + beta * KL over the micro-batch's scored images. A micro-batch
@@ -483,6 +500,9 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             sums["injected_items"] += e.injected
             if e.dropped is not None:
                 continue
+            for group in reward_groups(e, cfg.expand_pair_groups):  # DAPO's signal check: all rewards equal
+                sums["groups"] += 1
+                sums["zero_std_groups"] += float(e.rewards[group].std()) < ZERO_STD if len(group) > 1 else 1
             sampled = e.sampled_rewards  # all of them, not only those down-sampling kept
             sums["reward_sum"] += float(sampled.sum())
             sums["reward_sq"] += float((sampled**2).sum())
@@ -522,6 +542,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             "train/reward_mean": mean,
             "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
             "train/loss": sums["loss"] / world,
+            "train/zero_std_fraction": sums["zero_std_groups"] / max(sums["groups"], 1),
             "train/kl": sums["kl"] / world,
             "train/clip_fraction": sums["clip_fraction"] / world,
             "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,

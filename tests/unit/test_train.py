@@ -225,6 +225,25 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     assert load_policy(cfg.out).num_image_tokens == 64  # a complete transformers checkpoint (tied weights too)
 
 
+def test_batch_scaled_advantages_with_a_floor_train_and_log_the_zero_spread_share(world, tmp_path):
+    from focusdiff.judge.select import build_judge
+    from tests.tiny_models import save_tiny_llava
+
+    # a tiny random VLM through the hf backend: yes-probabilities that differ from image to image
+    judge = {"backend": "hf", "model": str(save_tiny_llava(tmp_path / "judge", head_std=0.3))}
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path / "a", steps=1, advantage_scale="batch", std_floor=0.05,
+                                            judge=judge))
+    logged = []
+    train(cfg, build_judge(cfg.judge), log=lambda m, s: logged.append(m))
+    assert logged[0]["train/zero_std_fraction"] == 0.0 and logged[0]["train/grad_norm"] > 0
+    # the exact checker on a random policy: nothing drawn right, every group's rewards equal
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path / "b", steps=1, advantage_scale="batch",
+                                            inject_ground_truth=False))
+    logged = []
+    train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
+    assert logged[0]["train/zero_std_fraction"] == 1.0 and logged[0]["train/reward_std"] == 0.0
+
+
 def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
     cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, expand_pair_groups=False, inject_ground_truth=False))
     logged = []
@@ -468,3 +487,18 @@ def test_paired_differences_of_ablation_records_by_hand():
         metrics={}, pairs_sha256="another", categories=["color", "color", "text"], g=[0.1, 0.1, 0.1])}})]
     with pytest.raises(DataError, match="2 different pair suites"):
         paired_differences(other)
+
+
+def test_new_training_options_at_their_reference_values_keep_the_ablation_keys():
+    """Cells recorded before advantage_scale and std_floor existed keep naming their configuration."""
+    import hashlib
+    import json
+
+    from focusdiff.stages.ablate import _train_key
+    from focusdiff.train.configs import GRPOConfig
+
+    cfg = GRPOConfig()
+    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("advantage_scale", "std_floor")}
+    assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
+    assert _train_key(cfg.model_copy(update={"advantage_scale": "batch"})) != _train_key(cfg)
+    assert _train_key(cfg.model_copy(update={"std_floor": 0.05})) != _train_key(cfg)
