@@ -346,7 +346,7 @@ def _hash(what: Any) -> str:
 # Training fields added after cells were first recorded, at the value that keeps the behaviour
 # those cells had: left out of the key there, so that the committed records still name their
 # configuration (any other value is another configuration).
-KEY_NEUTRAL: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0}
+KEY_NEUTRAL: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None, "filter_resamples": 0}
 
 
 def _train_key(cfg) -> str:

@@ -92,6 +92,13 @@ class GRPOConfig(_Section):
     advantage_scale: Literal["group", "batch", "none"] = Field(
         "group", description="what divides a group's centred rewards: the group's std (the reference), the std of "
         "every reward of the step over all processes (Flow-GRPO), or nothing (TRL's scale_rewards='none')")
+    min_group_std: float | None = Field(
+        None, gt=0, description="group filtering (DAPO's dynamic sampling, verl's filter_groups): a group whose "
+        "rewards' std is below this leaves the loss (its images are scored and counted, not trained on). null: every "
+        "group trains, as in the reference")
+    filter_resamples: int = Field(
+        0, ge=0, description="with min_group_std: draw an item with a low-spread group again, with fresh seeds, up to "
+        "this many times before filtering it")
     std_floor: float = Field(
         0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
         "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")

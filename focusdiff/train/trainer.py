@@ -51,7 +51,8 @@ from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
-from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward, reward_groups
+from focusdiff.train.rollout import (ItemExperience, advantages, collect, downsample, filter_groups, low_spread_groups,
+                                    reward, reward_groups)
 from focusdiff.viz import labeled_grid
 
 # Config fields that do not change the trajectory: a checkpoint survives changes to them. The
@@ -287,6 +288,36 @@ class Trainer:
                   "starting from step 0")
         return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
 
+    def _filter_groups(self, batch: list[ItemExperience], counts: dict[str, float], timing: dict[str, float],
+                       seed: int, p_inject: float, sampling: SamplingConfig) -> int:
+        """Group filtering, in place: items with a low-spread group are drawn again (up to
+        `filter_resamples` times), then low-spread groups leave the loss. Returns the items the
+        judge could not score on a redraw (dropped, as on the first draw)."""
+        cfg, dropped = self.cfg, 0
+        for attempt in range(1, cfg.filter_resamples + 1):
+            again = [i for i, e in enumerate(batch)
+                     if e.dropped is None and low_spread_groups(e, cfg.expand_pair_groups, cfg.min_group_std)]
+            if not again:
+                break
+            t = time.perf_counter()
+            with full_parameters(self.accelerator, self.policy.model):
+                redrawn = collect(self.policy, [(batch[i].index, batch[i].item) for i in again],
+                                  cfg.rollouts_per_prompt or cfg.group_size, seed, p_inject, cfg.inject_ground_truth,
+                                  sampling, attempt=attempt)
+            timing["rollout"] += time.perf_counter() - t
+            t = time.perf_counter()
+            dropped += reward(redrawn, self.judge, cfg.on_judge_failure)
+            timing["judge"] += time.perf_counter() - t
+            for i, e in zip(again, redrawn):
+                if e.dropped is None:
+                    downsample(e, cfg.group_size, cfg.expand_pair_groups)
+                batch[i] = e
+            counts["resampled_items"] += len(again)
+        for e in batch:
+            if e.dropped is None:
+                counts["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
+        return dropped
+
     def reference_logprobs(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         """The KL reference's log-probs: the frozen reference copy, or under LoRA the policy with
         its adapters disabled (the base, with no second copy)."""
@@ -320,6 +351,7 @@ class Trainer:
             p_inject = injection_probability(step, cfg.curriculum) if cfg.inject_ground_truth else 0.0
             micro_batches: list[list[ItemExperience]] = []
             dropped = 0
+            group_counts: dict[str, float] = defaultdict(float)
             for micro in range(cfg.grad_accum):
                 slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
                          for j in range(cfg.items_per_micro_batch)]
@@ -331,10 +363,16 @@ class Trainer:
                 t = time.perf_counter()
                 dropped += reward(batch, self.judge, cfg.on_judge_failure)
                 timing["judge"] += time.perf_counter() - t
-                t = time.perf_counter()
                 for e in batch:
                     if e.dropped is None:
                         downsample(e, cfg.group_size, cfg.expand_pair_groups)
+                        for group in reward_groups(e, cfg.expand_pair_groups):  # the policy's own draw
+                            group_counts["groups"] += 1
+                            group_counts["zero_std_groups"] += len(group) < 2 or float(e.rewards[group].std()) < ZERO_STD
+                if cfg.min_group_std is not None:
+                    dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
+                t = time.perf_counter()
+                for e in batch:
                     with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
                         if cfg.beta > 0:
                             e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
@@ -349,13 +387,13 @@ class Trainer:
             batch_std = step_reward_std(accelerator, micro_batches) if cfg.advantage_scale == "batch" else None
             for batch in micro_batches:
                 for e in batch:
-                    if e.dropped is None:
+                    if e.trains:
                         e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std,
                                                   cfg.std_floor)
 
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
-            kept_here = sum(e.dropped is None for batch in micro_batches for e in batch)
+            kept_here = sum(e.trains for batch in micro_batches for e in batch)
             kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
             lr = learning_rate(step, cfg.steps, cfg.lr)
             stats = defaultdict(float)
@@ -388,7 +426,8 @@ class Trainer:
                     stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
                     if gap is not None:
                         stats["logprob_gap"] += gap
-            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step,
+            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, group_counts, timing,
+                                    time.perf_counter() - t_step,
                                     updated=kept > 0)
             metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
             totals["injected_items"] += int(metrics["train/injected_items"])
@@ -412,8 +451,12 @@ class Trainer:
                                             "history": history}, cfg.keep_checkpoints)
 
         if not totals["updated_steps"]:
-            raise TrainingFailed(f"none of the {cfg.steps} steps made an update: the judge ({cfg.judge.backend}) scored "
-                                 f"none of the {totals['items']} items (all dropped); nothing was written to {cfg.out}")
+            why = (f"the judge ({cfg.judge.backend}) could not score {totals['dropped_items']}, and group filtering "
+                   f"(min_group_std {cfg.min_group_std}) took the rest out: their rewards did not vary"
+                   if cfg.min_group_std is not None else
+                   f"the judge ({cfg.judge.backend}) scored none of them (all dropped)")
+            raise TrainingFailed(f"none of the {cfg.steps} steps made an update: of {totals['items']} items, {why}; "
+                                 f"nothing was written to {cfg.out}")
         out = None
         accelerator.wait_for_everyone()
         full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
@@ -447,7 +490,7 @@ def _directory_of(policy: Policy) -> Path | None:
 
 def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]]) -> float:
     """The unbiased std of every reward the step's loss takes, over all processes (collective)."""
-    rewards = [e.rewards for batch in micro_batches for e in batch if e.dropped is None]
+    rewards = [e.rewards for batch in micro_batches for e in batch if e.trains]
     flat = torch.cat(rewards).double() if rewards else torch.zeros(0, dtype=torch.float64)
     sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
                         device=accelerator.device)
@@ -461,7 +504,7 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     """The clipped surrogate + beta * KL over the micro-batch's scored images. A micro-batch
     whose items were all dropped still runs forward and backward (weight 0), so every
     process takes part in the gradient all-reduce."""
-    kept = [e for e in batch if e.dropped is None]
+    kept = [e for e in batch if e.trains]
     use = kept or batch
     prompts = [p for e in use for p in e.prompts]
     tokens = torch.cat([e.tokens for e in use])
@@ -487,22 +530,19 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     return parts, gap
 
 
-def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, timing, wall: float,
-                  updated: bool) -> dict[str, float]:
+def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, group_counts, timing,
+                  wall: float, updated: bool) -> dict[str, float]:
     """Per-step metrics, summed over processes: rewards of sampled images (overall and per
     category), of injected ground truths, KL, clipping, counts, time split, throughput. A step
     that made no update (every item dropped) has no rewards, KL, clipping or gradient norm:
     it logs its counts and times only, never a 0 standing for "nothing"."""
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, float] = defaultdict(float, group_counts)
     for batch in micro_batches:
         for e in batch:
             sums["items"] += 1
             sums["injected_items"] += e.injected
             if e.dropped is not None:
                 continue
-            for group in reward_groups(e, cfg.expand_pair_groups):  # DAPO's signal check: all rewards equal
-                sums["groups"] += 1
-                sums["zero_std_groups"] += float(e.rewards[group].std()) < ZERO_STD if len(group) > 1 else 1
             sampled = e.sampled_rewards  # all of them, not only those down-sampling kept
             sums["reward_sum"] += float(sampled.sum())
             sums["reward_sq"] += float((sampled**2).sum())
@@ -549,6 +589,9 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             "train/logprob_gap": sums["logprob_gap"] / world,
             "train/grad_norm": sums["grad_norm"] / world,
         })
+    if cfg.min_group_std is not None:
+        metrics["train/filtered_groups"] = sums["filtered_groups"]
+        metrics["train/resampled_items"] = sums["resampled_items"]
     if sums.get("real_n"):
         metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
     for key in keys:

@@ -32,8 +32,8 @@ from focusdiff.model.sampler import SamplingConfig, encode_images
 from focusdiff.model.checkpoints import CheckpointError
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
-from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
-from focusdiff.train.trainer import train
+from focusdiff.train.rollout import advantages, collect, downsample, filter_groups, load_ground_truth, reward
+from focusdiff.train.trainer import TrainingFailed, train
 
 from tests.judges import JudgeGoneAfter
 from tests.tiny_models import save_tiny_world
@@ -163,6 +163,40 @@ def test_downsampling_keeps_the_most_contrasting_images_of_a_group(world, policy
     assert u.rewards.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.5]) and u.second.tolist() == [False, False, True, True]
     adv = advantages(u, expand_pair_groups=True)  # normalised per prompt over what was kept
     assert adv[:2].tolist() == pytest.approx([0.7070, -0.7070], abs=1e-3)
+
+
+def test_group_filtering_takes_low_spread_groups_out_of_the_loss(world, policy):
+    items = train_items(load_dataset(world / "data"))
+    pair = next(i for i in items if i.paired)
+    [e, g] = collect(policy, [(0, pair), (1, pair)], 3, seed=0, injection_probability=0.0, inject=False,
+                     sampling=SamplingConfig())
+    # Pair-GRPO's expanded group: all six rewards within 0.01 -> the whole item is filtered (scored, not trained)
+    e.rewards = torch.tensor([0.50, 0.50, 0.51, 0.50, 0.51, 0.50])
+    assert filter_groups(e, expand_pair_groups=True, min_std=0.05) == 1 and e.filtered and not e.trains
+    assert len(e.tokens) == 6  # its images stay: a filtered item still takes part in the forward pass (weight 0)
+    # per-prompt groups (vanilla GRPO): prompt 1 varies, prompt 2 does not -> only prompt 2's images leave
+    g.rewards = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.3, 0.3])
+    tokens = g.tokens.clone()
+    assert filter_groups(g, expand_pair_groups=False, min_std=0.05) == 1 and g.trains
+    assert g.rewards.tolist() == [1.0, 0.0, 1.0] and g.second.tolist() == [False] * 3 and torch.equal(g.tokens, tokens[:3])
+    assert advantages(g, expand_pair_groups=False).tolist() == pytest.approx([0.5774, -1.1547, 0.5774], abs=1e-3)
+    # a spread at or above the threshold stays
+    g.rewards = torch.tensor([1.0, 0.0, 1.0])
+    assert filter_groups(g, expand_pair_groups=False, min_std=0.05) == 0 and len(g.rewards) == 3
+
+
+def test_group_filtering_redraws_then_filters_and_counts(world, tmp_path):
+    # without injection the random policy draws nothing right: every group is flat, however often redrawn
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, inject_ground_truth=False, min_group_std=0.01,
+                                            filter_resamples=2))
+    logged = []
+    with pytest.raises(TrainingFailed, match=r"none of the 1 steps made an update: of 2 items, the judge \(exact\) "
+                       r"could not score 0, and group filtering \(min_group_std 0.01\) took the rest out"):
+        train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
+    (metrics,) = logged
+    assert metrics["train/resampled_items"] == 2 * 2  # both items, twice
+    assert metrics["train/filtered_groups"] == 2  # one expanded group per pair item
+    assert "train/reward_mean" not in metrics  # nothing trained: no update, and no made-up reward statistics
 
 
 def test_more_rollouts_than_the_group_takes_is_validated(world, tmp_path):
@@ -498,7 +532,9 @@ def test_new_training_options_at_their_reference_values_keep_the_ablation_keys()
     from focusdiff.train.configs import GRPOConfig
 
     cfg = GRPOConfig()
-    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("advantage_scale", "std_floor")}
+    added = ("advantage_scale", "std_floor", "min_group_std", "filter_resamples")
+    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in added}
     assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
     assert _train_key(cfg.model_copy(update={"advantage_scale": "batch"})) != _train_key(cfg)
     assert _train_key(cfg.model_copy(update={"std_floor": 0.05})) != _train_key(cfg)
+    assert _train_key(cfg.model_copy(update={"min_group_std": 0.01})) != _train_key(cfg)
