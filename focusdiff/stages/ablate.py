@@ -58,7 +58,7 @@ from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
 from focusdiff.stages.train import step_summary
 from focusdiff.tracking import StageRun, git_commit
-from focusdiff.train.configs import LoRAConfig
+from focusdiff.train.configs import LoRAConfig, without_neutral_additions
 from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -343,20 +343,10 @@ def _hash(what: Any) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-# Training fields added after cells were first recorded, at the value that keeps the behaviour
-# those cells had: left out of the key there, so that the committed records still name their
-# configuration (any other value is another configuration).
-KEY_NEUTRAL: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None, "filter_resamples": 0}
-
-
 def _train_key(cfg) -> str:
     """What a trained policy depends on: its training config (not the code: after changing the
     trainer, delete <out> to measure anew)."""
-    dump = cfg.model_dump(mode="json")
-    for name, neutral in KEY_NEUTRAL.items():
-        if dump.get(name) == neutral:
-            del dump[name]
-    return _hash({"train": dump})
+    return _hash({"train": without_neutral_additions(cfg.model_dump(mode="json"))})
 
 
 def _eval_key(params: Params, spec, repeat: int) -> str:

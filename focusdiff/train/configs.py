@@ -11,7 +11,7 @@ sampler's own `SamplingConfig`, the same class the evaluation reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -70,6 +70,19 @@ class LoRAConfig(_Section):
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         min_length=1, description="names of the language model's linear layers that get adapters")
+
+
+# Training fields added after runs were checkpointed and ablation cells recorded, with the value
+# that keeps the behaviour from before them: at that value a field is left out of a run's identity
+# (its checkpoints still resume) and of a cell's key (committed records still name their
+# configuration). Any other value is another configuration.
+NEUTRAL_WHEN_ADDED: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
+                                      "filter_resamples": 0}
+
+
+def without_neutral_additions(dump: dict[str, Any]) -> dict[str, Any]:
+    """A GRPOConfig dump less the fields of NEUTRAL_WHEN_ADDED at their neutral values."""
+    return {k: v for k, v in dump.items() if not (k in NEUTRAL_WHEN_ADDED and v == NEUTRAL_WHEN_ADDED[k])}
 
 
 class GRPOConfig(_Section):

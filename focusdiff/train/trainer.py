@@ -47,7 +47,7 @@ from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
-from focusdiff.train.configs import GRPOConfig
+from focusdiff.train.configs import GRPOConfig, without_neutral_additions
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
@@ -151,7 +151,7 @@ def run_identity(cfg: GRPOConfig, policy_dir: Path | None, reference_dir: Path |
         stats.update(digests)
         return {Path(path).name: d["sha256"] for path, d in digests.items()}
 
-    identity = {"config": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY),
+    identity = {"config": without_neutral_additions(cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY)),
                 "policy": content(cfg.policy, policy_dir),
                 "data": hashlib.sha256(data_manifest).hexdigest()}
     if cfg.beta > 0 and cfg.reference is not None:

@@ -523,18 +523,21 @@ def test_paired_differences_of_ablation_records_by_hand():
         paired_differences(other)
 
 
-def test_new_training_options_at_their_reference_values_keep_the_ablation_keys():
-    """Cells recorded before advantage_scale and std_floor existed keep naming their configuration."""
+def test_new_training_options_at_their_reference_values_keep_keys_and_identities():
+    """Cells recorded and runs checkpointed before these options existed keep naming their configuration."""
     import hashlib
     import json
 
     from focusdiff.stages.ablate import _train_key
-    from focusdiff.train.configs import GRPOConfig
+    from focusdiff.train.configs import NEUTRAL_WHEN_ADDED
+    from focusdiff.train.trainer import run_identity
 
     cfg = GRPOConfig()
-    added = ("advantage_scale", "std_floor", "min_group_std", "filter_resamples")
-    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in added}
+    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NEUTRAL_WHEN_ADDED}
+    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples"}
     assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
-    assert _train_key(cfg.model_copy(update={"advantage_scale": "batch"})) != _train_key(cfg)
-    assert _train_key(cfg.model_copy(update={"std_floor": 0.05})) != _train_key(cfg)
-    assert _train_key(cfg.model_copy(update={"min_group_std": 0.01})) != _train_key(cfg)
+    identity, _ = run_identity(cfg, None, None, b"{}", {})
+    assert not set(NEUTRAL_WHEN_ADDED) & set(identity["config"])
+    for change in ({"advantage_scale": "batch"}, {"std_floor": 0.05}, {"min_group_std": 0.01}, {"filter_resamples": 2}):
+        assert _train_key(cfg.model_copy(update=change)) != _train_key(cfg)
+        assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
