@@ -77,7 +77,7 @@ class LoRAConfig(_Section):
 # (its checkpoints still resume) and of a cell's key (committed records still name their
 # configuration). Any other value is another configuration.
 NEUTRAL_WHEN_ADDED: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
-                                      "filter_resamples": 0}
+                                      "filter_resamples": 0, "ema_decay": None}
 
 
 def without_neutral_additions(dump: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +112,10 @@ class GRPOConfig(_Section):
     filter_resamples: int = Field(
         0, ge=0, description="with min_group_std: draw an item with a low-spread group again, with fresh seeds, up to "
         "this many times before filtering it")
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="keep an exponential moving average of the trained weights (Flow-GRPO: 0.9) "
+        "and save it as the run's output, the weights registered and evaluated; checkpointed and resumed exactly. "
+        "null: the last step's weights")
     std_floor: float = Field(
         0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
         "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")

@@ -49,6 +49,7 @@ from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
 from focusdiff.train.configs import GRPOConfig, without_neutral_additions
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
+from focusdiff.train.ema import ParameterEMA
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
 from focusdiff.train.rollout import (ItemExperience, advantages, collect, downsample, filter_groups, low_spread_groups,
@@ -245,6 +246,12 @@ class Trainer:
             self.trainable = add_adapters(policy.model, cfg.lora, cfg.seed)
         else:
             self.trainable = trainable_parameters(policy.model)
+        self.ema = None
+        if cfg.ema_decay is not None:
+            if _zero3(accelerator):
+                raise ConfigError("train.ema_decay with DeepSpeed ZeRO-3: not supported (the parameters are sharded); "
+                                  "use ZeRO-2 (infra/accelerate/zero2-8gpu.yaml) or DDP")
+            self.ema = ParameterEMA(self.trainable, cfg.ema_decay)
         optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas,
                                       weight_decay=cfg.weight_decay)
         self.scorer, self.optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
@@ -269,6 +276,8 @@ class Trainer:
             checkpoint.verify(path, state)
             checkpoint.load(path, state, accelerator, accelerator.unwrap_model(self.scorer).model, self.trainable,
                             self.optimizer)
+            if self.ema is not None:
+                checkpoint.load_ema(path, self.ema)
             if accelerator.is_main_process:
                 print(f"resuming from {path} (step {state['step']})")
             return Start(step=state["step"], totals={**Start().totals, **state["totals"]},
@@ -419,6 +428,8 @@ class Trainer:
                                 norm = scorer.get_global_grad_norm()
                                 check_gradient_norm(step, float(norm))
                             stats["grad_norm"] += float(norm)
+                            if self.ema is not None:
+                                self.ema.update(trainable)
                     timing["backward"] += time.perf_counter() - t
                     stats["loss"] += float(parts.loss.detach())
                     stats["kl"] += float(parts.kl)
@@ -448,7 +459,8 @@ class Trainer:
                 checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable),
                                 optimizer, {"fingerprint": self.fingerprint, "identity": self.identity,
                                             "file_stats": self.file_stats, "mlflow_run_id": run_id, "totals": totals,
-                                            "history": history}, cfg.keep_checkpoints)
+                                            "history": history}, cfg.keep_checkpoints,
+                                ema=self.ema.state_dict() if self.ema is not None else None)
 
         if not totals["updated_steps"]:
             why = (f"the judge ({cfg.judge.backend}) could not score {totals['dropped_items']}, and group filtering "
@@ -459,12 +471,15 @@ class Trainer:
                                  f"nothing was written to {cfg.out}")
         out = None
         accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(trainable)  # the output (registered, evaluated) is the average, not the last step
         full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
         if cfg.lora is not None:
             merge_adapters(policy.model)  # the version is a plain Janus checkpoint (focusdiff/train/lora.py)
         if accelerator.is_main_process:
             out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
                                             "resumed_from": start, "totals": totals, "fingerprint": self.fingerprint,
+                                            "weights": "ema" if self.ema is not None else "last step",
                                             "identity": self.identity, "base_policy": cfg.policy})
             shutil.rmtree(cfg.checkpoints, ignore_errors=True)
         accelerator.wait_for_everyone()

@@ -534,10 +534,11 @@ def test_new_training_options_at_their_reference_values_keep_keys_and_identities
 
     cfg = GRPOConfig()
     before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NEUTRAL_WHEN_ADDED}
-    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples"}
+    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples", "ema_decay"}
     assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
     identity, _ = run_identity(cfg, None, None, b"{}", {})
     assert not set(NEUTRAL_WHEN_ADDED) & set(identity["config"])
-    for change in ({"advantage_scale": "batch"}, {"std_floor": 0.05}, {"min_group_std": 0.01}, {"filter_resamples": 2}):
+    for change in ({"advantage_scale": "batch"}, {"std_floor": 0.05}, {"min_group_std": 0.01}, {"filter_resamples": 2},
+                   {"ema_decay": 0.9}):
         assert _train_key(cfg.model_copy(update=change)) != _train_key(cfg)
         assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
