@@ -105,6 +105,9 @@ class GRPOConfig(_Section):
     advantage_scale: Literal["group", "batch", "none"] = Field(
         "group", description="what divides a group's centred rewards: the group's std (the reference), the std of "
         "every reward of the step over all processes (Flow-GRPO), or nothing (TRL's scale_rewards='none')")
+    std_floor: float = Field(
+        0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
+        "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")
     min_group_std: float | None = Field(
         None, gt=0, description="group filtering (DAPO's dynamic sampling, verl's filter_groups): a group whose "
         "rewards' std is below this leaves the loss (its images are scored and counted, not trained on). null: every "
@@ -112,13 +115,6 @@ class GRPOConfig(_Section):
     filter_resamples: int = Field(
         0, ge=0, description="with min_group_std: draw an item with a low-spread group again, with fresh seeds, up to "
         "this many times before filtering it")
-    ema_decay: float | None = Field(
-        None, ge=0, lt=1, description="keep an exponential moving average of the trained weights (Flow-GRPO: 0.9) "
-        "and save it as the run's output, the weights registered and evaluated; checkpointed and resumed exactly. "
-        "null: the last step's weights")
-    std_floor: float = Field(
-        0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
-        "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")
     rollouts_per_prompt: int | None = Field(
         None, ge=2, description="images sampled per prompt (>= G); the loss takes the G per prompt (2G per expanded "
         "pair group) whose rewards vary most: max-variance down-sampling, for when sampling is cheap next to the "
@@ -154,6 +150,10 @@ class GRPOConfig(_Section):
 
     # running it
     seed: int = Field(42, ge=0)
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="keep an exponential moving average of the trained weights (Flow-GRPO: 0.9) "
+        "and save it as the run's output, the weights registered and evaluated; checkpointed and resumed exactly. "
+        "null: the last step's weights")
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 on GPUs; fp32 on CPU")
     gradient_checkpointing: bool = False
     threads: int = Field(0, ge=0, description="torch CPU threads per process (0: torch's default)")
