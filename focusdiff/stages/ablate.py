@@ -58,7 +58,7 @@ from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
 from focusdiff.stages.train import step_summary
 from focusdiff.tracking import StageRun, git_commit
-from focusdiff.train.configs import LoRAConfig
+from focusdiff.train.configs import LoRAConfig, without_neutral_additions
 from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -346,7 +346,7 @@ def _hash(what: Any) -> str:
 def _train_key(cfg) -> str:
     """What a trained policy depends on: its training config (not the code: after changing the
     trainer, delete <out> to measure anew)."""
-    return _hash({"train": cfg.model_dump(mode="json")})
+    return _hash({"train": without_neutral_additions(cfg.model_dump(mode="json"))})
 
 
 def _eval_key(params: Params, spec, repeat: int) -> str:

@@ -65,9 +65,9 @@ def step_dirs(root: Path) -> list[tuple[int, Path]]:
 
 
 def save(root: Path, step: int, accelerator, model_state: dict[str, torch.Tensor] | None, optimizer,
-         state: dict[str, Any], keep: int) -> Path:
-    """Collective: every process calls it. `model_state` (trainable weights) is needed on the
-    main process only."""
+         state: dict[str, Any], keep: int, ema: dict[str, torch.Tensor] | None = None) -> Path:
+    """Collective: every process calls it. `model_state` (trainable weights) and `ema` (the
+    EMA weights, when the run keeps them) are needed on the main process only."""
     final = root / f"step-{step:08d}"
     partial = root / f".step-{step:08d}.partial"
     if accelerator.is_main_process:
@@ -75,6 +75,9 @@ def save(root: Path, step: int, accelerator, model_state: dict[str, torch.Tensor
         partial.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, partial / "model.safetensors")
         give_umask_mode([partial / "model.safetensors"])
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.items()}, partial / EMA_FILE)
+            give_umask_mode([partial / EMA_FILE])
     accelerator.wait_for_everyone()
     torch.save(optimizer.state_dict(), partial / f"optimizer-rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
@@ -235,3 +238,18 @@ def load(path: Path, state: dict[str, Any], accelerator, model: torch.nn.Module,
         optimizer.load_state_dict(saved)
     except Exception as exc:  # another optimizer's state: the checkpoint does not fit this run
         raise CheckpointError(f"{shard}: cannot restore the optimizer ({type(exc).__name__}: {exc})") from None
+
+
+EMA_FILE = "ema.safetensors"
+
+
+def load_ema(path: Path, ema) -> None:
+    """Restore a run's EMA weights (train/ema.py) from its checkpoint at `path`."""
+    file = path / EMA_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing, but this run keeps EMA weights (train.ema_decay); the checkpoint was "
+                              "written without them")
+    try:
+        ema.load_state_dict(load_file(file), str(file))
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None

@@ -11,7 +11,7 @@ sampler's own `SamplingConfig`, the same class the evaluation reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -72,6 +72,19 @@ class LoRAConfig(_Section):
         min_length=1, description="names of the language model's linear layers that get adapters")
 
 
+# Training fields added after runs were checkpointed and ablation cells recorded, with the value
+# that keeps the behaviour from before them: at that value a field is left out of a run's identity
+# (its checkpoints still resume) and of a cell's key (committed records still name their
+# configuration). Any other value is another configuration.
+NEUTRAL_WHEN_ADDED: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
+                                      "filter_resamples": 0, "ema_decay": None}
+
+
+def without_neutral_additions(dump: dict[str, Any]) -> dict[str, Any]:
+    """A GRPOConfig dump less the fields of NEUTRAL_WHEN_ADDED at their neutral values."""
+    return {k: v for k, v in dump.items() if not (k in NEUTRAL_WHEN_ADDED and v == NEUTRAL_WHEN_ADDED[k])}
+
+
 class GRPOConfig(_Section):
     """Pair-GRPO (and vanilla GRPO). Defaults are the reference FocusDiff run's constants
     (../shared/specs/pair-grpo.md); the embedded default overrides a few in params.yaml."""
@@ -89,6 +102,19 @@ class GRPOConfig(_Section):
         None, ge=1, description="train on only the first N pairs of each category: an overfitting check that the "
         "reward rises on prompts the run revisits (with unpaired_prompts off). null: every pair")
     group_size: int = Field(7, ge=2, description="G: images per prompt in the loss")
+    advantage_scale: Literal["group", "batch", "none"] = Field(
+        "group", description="what divides a group's centred rewards: the group's std (the reference), the std of "
+        "every reward of the step over all processes (Flow-GRPO), or nothing (TRL's scale_rewards='none')")
+    std_floor: float = Field(
+        0.0, ge=0, description="the divisor is max(std, std_floor) + 1e-4, so that a group whose rewards barely "
+        "vary gets small advantages, not full-size ones (0: the reference's std + 1e-4)")
+    min_group_std: float | None = Field(
+        None, gt=0, description="group filtering (DAPO's dynamic sampling, verl's filter_groups): a group whose "
+        "rewards' std is below this leaves the loss (its images are scored and counted, not trained on). null: every "
+        "group trains, as in the reference")
+    filter_resamples: int = Field(
+        0, ge=0, description="with min_group_std: draw an item with a low-spread group again, with fresh seeds, up to "
+        "this many times before filtering it")
     rollouts_per_prompt: int | None = Field(
         None, ge=2, description="images sampled per prompt (>= G); the loss takes the G per prompt (2G per expanded "
         "pair group) whose rewards vary most: max-variance down-sampling, for when sampling is cheap next to the "
@@ -124,6 +150,10 @@ class GRPOConfig(_Section):
 
     # running it
     seed: int = Field(42, ge=0)
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1, description="keep an exponential moving average of the trained weights (Flow-GRPO: 0.9) "
+        "and save it as the run's output, the weights registered and evaluated; checkpointed and resumed exactly. "
+        "null: the last step's weights")
     mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 on GPUs; fp32 on CPU")
     gradient_checkpointing: bool = False
     threads: int = Field(0, ge=0, description="torch CPU threads per process (0: torch's default)")

@@ -1,8 +1,8 @@
 """Pair-GRPO's arithmetic, in small functions each checked against hand-computed numbers.
 
 * `injection_probability`: the ground-truth injection curriculum p(step).
-* `group_advantages`: rewards normalised over one group; for a pair, the group is
-  expanded to the 2G images of BOTH prompts.
+* `group_advantages`: rewards centred over one group and scaled by its std, the step's
+  std or nothing; for a pair, the group is expanded to the 2G images of BOTH prompts.
 * `max_variance_subset`: which m of n rollouts to train on when more are sampled than
   the loss takes (max-variance down-sampling).
 * `learning_rate`: the `train.lr` schedule (the reference run's three phases, or cosine).
@@ -36,18 +36,42 @@ def injection_probability(step: int, c: CurriculumConfig = CurriculumConfig()) -
     return 0.0
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """(r - mean) / (std + eps) over the last dimension (one group per row), unbiased std.
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, *, scale: str = "group",
+                     batch_std: float | None = None, std_floor: float = 0.0) -> torch.Tensor:
+    """Rewards centred on their group's mean (the last dimension: one group per row), divided by
+    a spread (`train.advantage_scale`):
 
-    For a paired item, pass the 2G rewards of both prompts as one row (the expanded
-    group); for an unpaired prompt, its G rewards. A group of one has no spread: its
+      group  the group's own unbiased std (GRPO, Pair-GRPO: the reference)
+      batch  `batch_std`, one std over every reward of the step (Flow-GRPO's global std)
+      none   nothing: centred rewards (TRL's scale_rewards="none")
+
+    The divisor is max(std, std_floor) + eps: with the default floor 0 that is the reference's
+    std + 1e-4, which blows a near-zero spread up into full-size advantages; a floor keeps
+    them small. For a paired item, pass the 2G rewards of both prompts as one row (the
+    expanded group); for an unpaired prompt, its G rewards. A group of one has no spread: its
     advantage is 0 (torch's unbiased std of one value is NaN, which must not leak).
     """
     if rewards.shape[-1] < 2:
         return torch.zeros_like(rewards)
-    mean = rewards.mean(-1, keepdim=True)
-    std = rewards.std(-1, keepdim=True, unbiased=True)
-    return (rewards - mean) / (std + eps)
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = rewards.std(-1, keepdim=True, unbiased=True)
+    elif scale == "batch":
+        if batch_std is None:
+            raise ValueError("advantage_scale 'batch' needs the step's reward std (batch_std)")
+        std = torch.tensor(batch_std, dtype=rewards.dtype)
+    else:
+        raise ValueError(f"unknown advantage scale {scale!r}: group, batch or none")
+    return centred / (std.clamp_min(std_floor) + eps)
+
+
+def pooled_std(total: float, total_sq: float, n: float) -> float:
+    """The unbiased std of n values from their sum and sum of squares (summed over processes)."""
+    if n < 2:
+        return 0.0
+    return max(total_sq - total * total / n, 0.0) ** 0.5 / (n - 1) ** 0.5
 
 
 def max_variance_subset(rewards: torch.Tensor, m: int) -> torch.Tensor:

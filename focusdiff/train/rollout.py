@@ -52,7 +52,13 @@ class ItemExperience:
     advantages: torch.Tensor | None = None  # (n,)
     ref_logp: torch.Tensor | None = None  # (n, N)
     dropped: str | None = None  # why the judge could not score it
+    filtered: bool = False  # every group's rewards barely vary (train.min_group_std): scored, not trained on
     extra: dict = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the loss takes this item's images."""
+        return self.dropped is None and not self.filtered
 
 
 class RolloutError(FocusdiffError):
@@ -86,8 +92,10 @@ def collect(
     injection_probability: float,
     inject: bool,
     sampling: SamplingConfig,
+    attempt: int = 0,
 ) -> list[ItemExperience]:
-    """Sample (and inject) every item's images in one batched sampler call."""
+    """Sample (and inject) every item's images in one batched sampler call. `attempt` > 0 draws
+    the items again with other seeds (group filtering's resampling); injection stays as drawn."""
     plans = []
     prompts, seeds = [], []
     for index, item in items:
@@ -96,7 +104,7 @@ def collect(
         plans.append((index, item, injected, n_sampled))
         for p, prompt in enumerate(item.prompts):
             prompts += [prompt] * n_sampled
-            seeds += [derived_seed(seed, index, _SAMPLE, p, g) for g in range(n_sampled)]
+            seeds += [derived_seed(seed, index, _SAMPLE, p, g, *([attempt] if attempt else [])) for g in range(n_sampled)]
     rollout = sample(policy, prompts, seeds, sampling, decode=False) if prompts else None
     out, row = [], 0
     for index, item, injected, n_sampled in plans:
@@ -170,16 +178,48 @@ def downsample(e: ItemExperience, keep_per_prompt: int, expand_pair_groups: bool
         keep = torch.cat([h[max_variance_subset(e.rewards[h], keep_per_prompt)] for h in halves])
     if len(keep) == len(e.rewards):
         return
-    keep = torch.sort(keep).values
+    keep_images(e, torch.sort(keep).values)
+
+
+def keep_images(e: ItemExperience, keep: torch.Tensor) -> None:
+    """Keep only the images at the (ascending) indices `keep`, in place."""
     e.prompts = [e.prompts[i] for i in keep.tolist()]
     e.tokens, e.sampler_logp, e.is_real, e.second = e.tokens[keep], e.sampler_logp[keep], e.is_real[keep], e.second[keep]
     e.images, e.rewards = e.images[keep.numpy()], e.rewards[keep]
 
 
-def advantages(e: ItemExperience, expand_pair_groups: bool) -> torch.Tensor:
-    """Expanded group (both prompts' 2G images) for a pair under Pair-GRPO; per prompt otherwise."""
+def reward_groups(e: ItemExperience, expand_pair_groups: bool) -> list[torch.Tensor]:
+    """The indices of each group the rewards are normalised over: a pair's expanded group
+    (both prompts' images) under Pair-GRPO, else one group per prompt."""
     if e.item.paired and expand_pair_groups:
-        return group_advantages(e.rewards)
+        return [torch.arange(len(e.rewards))]
+    groups = [torch.nonzero(~e.second).flatten(), torch.nonzero(e.second).flatten()]
+    return [g for g in groups if len(g)]  # a prompt whose group was filtered out has none
+
+
+def advantages(e: ItemExperience, expand_pair_groups: bool, scale: str = "group", batch_std: float | None = None,
+               std_floor: float = 0.0) -> torch.Tensor:
+    """Each group's advantages (objective.group_advantages) in the item's image order."""
     out = torch.empty_like(e.rewards)
-    out[~e.second], out[e.second] = group_advantages(e.rewards[~e.second]), group_advantages(e.rewards[e.second])
+    for group in reward_groups(e, expand_pair_groups):
+        out[group] = group_advantages(e.rewards[group], scale=scale, batch_std=batch_std, std_floor=std_floor)
     return out
+
+
+def low_spread_groups(e: ItemExperience, expand_pair_groups: bool, min_std: float) -> list[torch.Tensor]:
+    """The groups whose rewards' std is below `min_std`: they carry no signal (DAPO's dynamic
+    sampling, verl's filter_groups), and the advantages would blow their noise up."""
+    return [g for g in reward_groups(e, expand_pair_groups) if len(g) < 2 or float(e.rewards[g].std()) < min_std]
+
+
+def filter_groups(e: ItemExperience, expand_pair_groups: bool, min_std: float) -> int:
+    """Take e's low-spread groups out of the loss, in place (an item left with none is marked
+    `filtered`: scored and counted, not trained on); returns how many groups were filtered."""
+    low = low_spread_groups(e, expand_pair_groups, min_std)
+    groups = reward_groups(e, expand_pair_groups)
+    if len(low) == len(groups):
+        e.filtered = True
+    elif low:
+        lows = {int(i) for g in low for i in g}
+        keep_images(e, torch.tensor([i for i in range(len(e.rewards)) if i not in lows], dtype=torch.long))
+    return len(low)

@@ -47,11 +47,13 @@ from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
-from focusdiff.train.configs import GRPOConfig
+from focusdiff.train.configs import GRPOConfig, without_neutral_additions
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
+from focusdiff.train.ema import ParameterEMA
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
-from focusdiff.train.objective import injection_probability, learning_rate, policy_loss
-from focusdiff.train.rollout import ItemExperience, advantages, collect, downsample, reward
+from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
+from focusdiff.train.rollout import (ItemExperience, advantages, collect, downsample, filter_groups, low_spread_groups,
+                                    reward, reward_groups)
 from focusdiff.viz import labeled_grid
 
 # Config fields that do not change the trajectory: a checkpoint survives changes to them. The
@@ -66,6 +68,7 @@ _NOT_TRAJECTORY = {
     # how a judge failure is handled: the steps already taken are the same under either setting
     "on_judge_failure": True, "max_dropped_fraction": True,
 }
+ZERO_STD = 1e-6  # a group whose rewards' std is below this carries no signal (train/zero_std_fraction)
 
 
 class TrainingFailed(FocusdiffError):
@@ -149,7 +152,7 @@ def run_identity(cfg: GRPOConfig, policy_dir: Path | None, reference_dir: Path |
         stats.update(digests)
         return {Path(path).name: d["sha256"] for path, d in digests.items()}
 
-    identity = {"config": cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY),
+    identity = {"config": without_neutral_additions(cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY)),
                 "policy": content(cfg.policy, policy_dir),
                 "data": hashlib.sha256(data_manifest).hexdigest()}
     if cfg.beta > 0 and cfg.reference is not None:
@@ -243,6 +246,12 @@ class Trainer:
             self.trainable = add_adapters(policy.model, cfg.lora, cfg.seed)
         else:
             self.trainable = trainable_parameters(policy.model)
+        self.ema = None
+        if cfg.ema_decay is not None:
+            if _zero3(accelerator):
+                raise ConfigError("train.ema_decay with DeepSpeed ZeRO-3: not supported (the parameters are sharded); "
+                                  "use ZeRO-2 (infra/accelerate/zero2-8gpu.yaml) or DDP")
+            self.ema = ParameterEMA(self.trainable, cfg.ema_decay)
         optimizer = torch.optim.AdamW(self.trainable.values(), lr=cfg.lr.peak, betas=cfg.adam_betas,
                                       weight_decay=cfg.weight_decay)
         self.scorer, self.optimizer = accelerator.prepare(ImageTokenScorer(policy), optimizer)
@@ -267,6 +276,8 @@ class Trainer:
             checkpoint.verify(path, state)
             checkpoint.load(path, state, accelerator, accelerator.unwrap_model(self.scorer).model, self.trainable,
                             self.optimizer)
+            if self.ema is not None:
+                checkpoint.load_ema(path, self.ema)
             if accelerator.is_main_process:
                 print(f"resuming from {path} (step {state['step']})")
             return Start(step=state["step"], totals={**Start().totals, **state["totals"]},
@@ -285,6 +296,36 @@ class Trainer:
             print(f"restart: moved the checkpoints of a run with other parameters ({differing}) to {moved}; "
                   "starting from step 0")
         return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
+
+    def _filter_groups(self, batch: list[ItemExperience], counts: dict[str, float], timing: dict[str, float],
+                       seed: int, p_inject: float, sampling: SamplingConfig) -> int:
+        """Group filtering, in place: items with a low-spread group are drawn again (up to
+        `filter_resamples` times), then low-spread groups leave the loss. Returns the items the
+        judge could not score on a redraw (dropped, as on the first draw)."""
+        cfg, dropped = self.cfg, 0
+        for attempt in range(1, cfg.filter_resamples + 1):
+            again = [i for i, e in enumerate(batch)
+                     if e.dropped is None and low_spread_groups(e, cfg.expand_pair_groups, cfg.min_group_std)]
+            if not again:
+                break
+            t = time.perf_counter()
+            with full_parameters(self.accelerator, self.policy.model):
+                redrawn = collect(self.policy, [(batch[i].index, batch[i].item) for i in again],
+                                  cfg.rollouts_per_prompt or cfg.group_size, seed, p_inject, cfg.inject_ground_truth,
+                                  sampling, attempt=attempt)
+            timing["rollout"] += time.perf_counter() - t
+            t = time.perf_counter()
+            dropped += reward(redrawn, self.judge, cfg.on_judge_failure)
+            timing["judge"] += time.perf_counter() - t
+            for i, e in zip(again, redrawn):
+                if e.dropped is None:
+                    downsample(e, cfg.group_size, cfg.expand_pair_groups)
+                batch[i] = e
+            counts["resampled_items"] += len(again)
+        for e in batch:
+            if e.dropped is None:
+                counts["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
+        return dropped
 
     def reference_logprobs(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         """The KL reference's log-probs: the frozen reference copy, or under LoRA the policy with
@@ -319,6 +360,7 @@ class Trainer:
             p_inject = injection_probability(step, cfg.curriculum) if cfg.inject_ground_truth else 0.0
             micro_batches: list[list[ItemExperience]] = []
             dropped = 0
+            group_counts: dict[str, float] = defaultdict(float)
             for micro in range(cfg.grad_accum):
                 slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
                          for j in range(cfg.items_per_micro_batch)]
@@ -330,11 +372,16 @@ class Trainer:
                 t = time.perf_counter()
                 dropped += reward(batch, self.judge, cfg.on_judge_failure)
                 timing["judge"] += time.perf_counter() - t
-                t = time.perf_counter()
                 for e in batch:
                     if e.dropped is None:
                         downsample(e, cfg.group_size, cfg.expand_pair_groups)
-                        e.advantages = advantages(e, cfg.expand_pair_groups)
+                        for group in reward_groups(e, cfg.expand_pair_groups):  # the policy's own draw
+                            group_counts["groups"] += 1
+                            group_counts["zero_std_groups"] += len(group) < 2 or float(e.rewards[group].std()) < ZERO_STD
+                if cfg.min_group_std is not None:
+                    dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
+                t = time.perf_counter()
+                for e in batch:
                     with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
                         if cfg.beta > 0:
                             e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
@@ -345,9 +392,17 @@ class Trainer:
                 timing["logprobs"] += time.perf_counter() - t
                 micro_batches.append(batch)
 
+            # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
+            batch_std = step_reward_std(accelerator, micro_batches) if cfg.advantage_scale == "batch" else None
+            for batch in micro_batches:
+                for e in batch:
+                    if e.trains:
+                        e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std,
+                                                  cfg.std_floor)
+
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
-            kept_here = sum(e.dropped is None for batch in micro_batches for e in batch)
+            kept_here = sum(e.trains for batch in micro_batches for e in batch)
             kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
             lr = learning_rate(step, cfg.steps, cfg.lr)
             stats = defaultdict(float)
@@ -373,6 +428,8 @@ class Trainer:
                                 norm = scorer.get_global_grad_norm()
                                 check_gradient_norm(step, float(norm))
                             stats["grad_norm"] += float(norm)
+                            if self.ema is not None:
+                                self.ema.update(trainable)
                     timing["backward"] += time.perf_counter() - t
                     stats["loss"] += float(parts.loss.detach())
                     stats["kl"] += float(parts.kl)
@@ -380,7 +437,8 @@ class Trainer:
                     stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
                     if gap is not None:
                         stats["logprob_gap"] += gap
-            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, timing, time.perf_counter() - t_step,
+            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, group_counts, timing,
+                                    time.perf_counter() - t_step,
                                     updated=kept > 0)
             metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
             totals["injected_items"] += int(metrics["train/injected_items"])
@@ -401,19 +459,27 @@ class Trainer:
                 checkpoint.save(cfg.checkpoints, step + 1, accelerator, trainable_state(accelerator, scorer, trainable),
                                 optimizer, {"fingerprint": self.fingerprint, "identity": self.identity,
                                             "file_stats": self.file_stats, "mlflow_run_id": run_id, "totals": totals,
-                                            "history": history}, cfg.keep_checkpoints)
+                                            "history": history}, cfg.keep_checkpoints,
+                                ema=self.ema.state_dict() if self.ema is not None else None)
 
         if not totals["updated_steps"]:
-            raise TrainingFailed(f"none of the {cfg.steps} steps made an update: the judge ({cfg.judge.backend}) scored "
-                                 f"none of the {totals['items']} items (all dropped); nothing was written to {cfg.out}")
+            why = (f"the judge ({cfg.judge.backend}) could not score {totals['dropped_items']}, and group filtering "
+                   f"(min_group_std {cfg.min_group_std}) took the rest out: their rewards did not vary"
+                   if cfg.min_group_std is not None else
+                   f"the judge ({cfg.judge.backend}) scored none of them (all dropped)")
+            raise TrainingFailed(f"none of the {cfg.steps} steps made an update: of {totals['items']} items, {why}; "
+                                 f"nothing was written to {cfg.out}")
         out = None
         accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(trainable)  # the output (registered, evaluated) is the average, not the last step
         full_state = _model_state(accelerator, scorer) if _zero3(accelerator) else None  # a collective under ZeRO-3
         if cfg.lora is not None:
             merge_adapters(policy.model)  # the version is a plain Janus checkpoint (focusdiff/train/lora.py)
         if accelerator.is_main_process:
             out = save_policy(policy, cfg, full_state, {**(record or {}), "algorithm": cfg.algorithm, "steps": cfg.steps,
                                             "resumed_from": start, "totals": totals, "fingerprint": self.fingerprint,
+                                            "weights": "ema" if self.ema is not None else "last step",
                                             "identity": self.identity, "base_policy": cfg.policy})
             shutil.rmtree(cfg.checkpoints, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -437,12 +503,23 @@ def _directory_of(policy: Policy) -> Path | None:
     return Path(name) if name and Path(name).is_dir() else None
 
 
+def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]]) -> float:
+    """The unbiased std of every reward the step's loss takes, over all processes (collective)."""
+    rewards = [e.rewards for batch in micro_batches for e in batch if e.trains]
+    flat = torch.cat(rewards).double() if rewards else torch.zeros(0, dtype=torch.float64)
+    sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
+                        device=accelerator.device)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    return pooled_std(*sums.tolist())
+
+
 def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: GRPOConfig, sampling: SamplingConfig,
                       first: bool):
     """The clipped surrogate + beta * KL over the micro-batch's scored images. A micro-batch
     whose items were all dropped still runs forward and backward (weight 0), so every
     process takes part in the gradient all-reduce."""
-    kept = [e for e in batch if e.dropped is None]
+    kept = [e for e in batch if e.trains]
     use = kept or batch
     prompts = [p for e in use for p in e.prompts]
     tokens = torch.cat([e.tokens for e in use])
@@ -468,13 +545,13 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     return parts, gap
 
 
-def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, timing, wall: float,
-                  updated: bool) -> dict[str, float]:
+def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, group_counts, timing,
+                  wall: float, updated: bool) -> dict[str, float]:
     """Per-step metrics, summed over processes: rewards of sampled images (overall and per
     category), of injected ground truths, KL, clipping, counts, time split, throughput. A step
     that made no update (every item dropped) has no rewards, KL, clipping or gradient norm:
     it logs its counts and times only, never a 0 standing for "nothing"."""
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, float] = defaultdict(float, group_counts)
     for batch in micro_batches:
         for e in batch:
             sums["items"] += 1
@@ -520,12 +597,16 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             "train/reward_mean": mean,
             "train/reward_std": float(np.sqrt(max(sums["reward_sq"] / n - mean**2, 0.0))),
             "train/loss": sums["loss"] / world,
+            "train/zero_std_fraction": sums["zero_std_groups"] / max(sums["groups"], 1),
             "train/kl": sums["kl"] / world,
             "train/clip_fraction": sums["clip_fraction"] / world,
             "train/kl_capped_fraction": sums["kl_capped_fraction"] / world,
             "train/logprob_gap": sums["logprob_gap"] / world,
             "train/grad_norm": sums["grad_norm"] / world,
         })
+    if cfg.min_group_std is not None:
+        metrics["train/filtered_groups"] = sums["filtered_groups"]
+        metrics["train/resampled_items"] = sums["resampled_items"]
     if sums.get("real_n"):
         metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
     for key in keys:

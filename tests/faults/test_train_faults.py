@@ -179,7 +179,7 @@ def test_a_run_whose_judge_is_down_fails_logs_no_reward_and_is_not_registered(wo
     # a budget of everything: every step runs, none updates or logs a reward, and the run still fails
     everything = _grpo(world, tmp_path / "all", judge=_down_judge(), on_judge_failure="drop", steps=2,
                        max_dropped_fraction=1.0)
-    with pytest.raises(FocusdiffError, match=r"none of the 2 steps made an update: .*scored none of the 4 items"):
+    with pytest.raises(FocusdiffError, match=r"none of the 2 steps made an update: of 4 items, .*scored none of them"):
         run_train_stage(everything, TrackingConfig(), registry=registry)
 
     for failed in (cfg, everything):

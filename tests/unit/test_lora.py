@@ -25,6 +25,7 @@ from focusdiff.train.configs import GRPOConfig, LoRAConfig
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.trainer import Trainer, train
 from tests.project import VENV_BIN
+from tests.interrupt import StopTraining, stop_at
 from tests.tiny_models import save_tiny_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,17 +108,6 @@ def test_a_lora_run_refuses_a_separate_reference(world, tmp_path):
         Trainer(cfg, ExactJudge())
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(step: int):
-    def log(metrics, s):
-        if s == step:
-            raise _Stop
-    return log
-
-
 def test_an_interrupted_lora_run_resumes_to_the_same_weights(world, tmp_path):
     """Checkpoints hold the adapters and the optimizer: stopped after step 2's checkpoint and
     resumed, a run ends bit for bit where an uninterrupted one does."""
@@ -125,8 +115,8 @@ def test_an_interrupted_lora_run_resumes_to_the_same_weights(world, tmp_path):
     whole = GRPOConfig.model_validate(_config(world, tmp_path / "whole", **over))
     cut = GRPOConfig.model_validate(_config(world, tmp_path / "cut", **over))
     train(whole, ExactJudge())
-    with pytest.raises(_Stop):
-        train(cut, ExactJudge(), log=_stop_at(2))  # step index 2 runs after the step-2 checkpoint
+    with pytest.raises(StopTraining):
+        train(cut, ExactJudge(), log=stop_at(2))  # step index 2 runs after the step-2 checkpoint
     saved = load_file(cut.checkpoints / "step-00000002" / "model.safetensors")
     assert saved and all(".lora_" in k for k in saved)  # the adapters, not the base
     result = train(cut, ExactJudge())

@@ -10,7 +10,7 @@ import torch
 from focusdiff.train.configs import CurriculumConfig, LRConfig
 from focusdiff.train.objective import (
     clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
-    max_variance_subset, policy_loss,
+    max_variance_subset, policy_loss, pooled_std,
 )
 
 
@@ -34,6 +34,38 @@ def test_group_advantages_by_hand():
     assert pair.tolist() == pytest.approx([0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2 + [-0.5 / (math.sqrt(1 / 3) + 1e-4)] * 2)
     assert group_advantages(torch.tensor([0.7, 0.7, 0.7])).tolist() == [0.0, 0.0, 0.0]  # no spread, no signal
     assert group_advantages(torch.tensor([0.7])).tolist() == [0.0]  # not NaN
+
+
+def test_advantage_scales_and_std_floor_by_hand():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    centred = [-1.5, -0.5, 0.5, 1.5]
+    std = math.sqrt(5 / 3)
+    assert group_advantages(r, scale="none").tolist() == pytest.approx(centred)  # TRL's scale_rewards="none"
+    # Flow-GRPO: centred on the group, divided by the std of the whole step
+    assert group_advantages(r, scale="batch", batch_std=2.0).tolist() == pytest.approx([c / 2.0001 for c in centred])
+    # a floor above the group's std replaces it; below it, nothing changes
+    assert group_advantages(r, std_floor=2.0).tolist() == pytest.approx([c / 2.0001 for c in centred])
+    assert group_advantages(r, std_floor=0.5).tolist() == pytest.approx([c / (std + 1e-4) for c in centred])
+    # the reference blows a near-zero spread up to full size; a floor keeps it small
+    tiny = torch.tensor([0.5, 0.501], dtype=torch.float64)  # two images the judge can barely tell apart
+    spread = math.sqrt(0.001**2 / 2)  # unbiased std of the two values
+    assert group_advantages(tiny).tolist() == pytest.approx([-0.0005 / (spread + 1e-4), 0.0005 / (spread + 1e-4)])
+    assert abs(group_advantages(tiny)[0]) > 0.6  # as large as a clear win
+    assert group_advantages(tiny, std_floor=0.1).tolist() == pytest.approx([-0.0005 / 0.1001, 0.0005 / 0.1001])
+    with pytest.raises(ValueError, match="advantage_scale 'batch' needs the step's reward std"):
+        group_advantages(r, scale="batch")
+    with pytest.raises(ValueError, match="unknown advantage scale 'rank': group, batch or none"):
+        group_advantages(r, scale="rank")
+
+
+def test_pooled_std_is_the_unbiased_std_from_sums():
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert pooled_std(sum(values), sum(v * v for v in values), len(values)) == pytest.approx(math.sqrt(5 / 3))
+    # two processes' sums add up to the std of all their rewards
+    a, b = [0.1, 0.9, 0.4], [0.7, 0.2]
+    sums = [sum(a) + sum(b), sum(v * v for v in a + b), 5]
+    assert pooled_std(*sums) == pytest.approx(float(torch.tensor(a + b).std()))
+    assert pooled_std(0.7, 0.49, 1) == 0.0  # one value has no spread
 
 
 def test_max_variance_subset_by_hand():
@@ -120,3 +152,4 @@ def test_policy_loss_reports_the_share_of_capped_kl_tokens_by_hand():
     parts = policy_loss(logp, logp, torch.zeros(2, 3), torch.zeros(2), beta=0.1, mask=mask, kl_clamp=10.0)
     assert parts.kl_capped_fraction.item() == pytest.approx(2 / 5)  # d = 5 and d = 100 hit the cap; 5 real tokens
     assert parts.kl.item() == pytest.approx(((math.e - 2 + 10 + 10) / 3 + 0.0) / 2)  # the capped mean
+

@@ -32,8 +32,8 @@ from focusdiff.model.sampler import SamplingConfig, encode_images
 from focusdiff.model.checkpoints import CheckpointError
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
-from focusdiff.train.rollout import advantages, collect, downsample, load_ground_truth, reward
-from focusdiff.train.trainer import train
+from focusdiff.train.rollout import advantages, collect, downsample, filter_groups, load_ground_truth, reward
+from focusdiff.train.trainer import TrainingFailed, train
 
 from tests.judges import JudgeGoneAfter
 from tests.tiny_models import save_tiny_world
@@ -165,6 +165,40 @@ def test_downsampling_keeps_the_most_contrasting_images_of_a_group(world, policy
     assert adv[:2].tolist() == pytest.approx([0.7070, -0.7070], abs=1e-3)
 
 
+def test_group_filtering_takes_low_spread_groups_out_of_the_loss(world, policy):
+    items = train_items(load_dataset(world / "data"))
+    pair = next(i for i in items if i.paired)
+    [e, g] = collect(policy, [(0, pair), (1, pair)], 3, seed=0, injection_probability=0.0, inject=False,
+                     sampling=SamplingConfig())
+    # Pair-GRPO's expanded group: all six rewards within 0.01 -> the whole item is filtered (scored, not trained)
+    e.rewards = torch.tensor([0.50, 0.50, 0.51, 0.50, 0.51, 0.50])
+    assert filter_groups(e, expand_pair_groups=True, min_std=0.05) == 1 and e.filtered and not e.trains
+    assert len(e.tokens) == 6  # its images stay: a filtered item still takes part in the forward pass (weight 0)
+    # per-prompt groups (vanilla GRPO): prompt 1 varies, prompt 2 does not -> only prompt 2's images leave
+    g.rewards = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.3, 0.3])
+    tokens = g.tokens.clone()
+    assert filter_groups(g, expand_pair_groups=False, min_std=0.05) == 1 and g.trains
+    assert g.rewards.tolist() == [1.0, 0.0, 1.0] and g.second.tolist() == [False] * 3 and torch.equal(g.tokens, tokens[:3])
+    assert advantages(g, expand_pair_groups=False).tolist() == pytest.approx([0.5774, -1.1547, 0.5774], abs=1e-3)
+    # a spread at or above the threshold stays
+    g.rewards = torch.tensor([1.0, 0.0, 1.0])
+    assert filter_groups(g, expand_pair_groups=False, min_std=0.05) == 0 and len(g.rewards) == 3
+
+
+def test_group_filtering_redraws_then_filters_and_counts(world, tmp_path):
+    # without injection the random policy draws nothing right: every group is flat, however often redrawn
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, inject_ground_truth=False, min_group_std=0.01,
+                                            filter_resamples=2))
+    logged = []
+    with pytest.raises(TrainingFailed, match=r"none of the 1 steps made an update: of 2 items, the judge \(exact\) "
+                       r"could not score 0, and group filtering \(min_group_std 0.01\) took the rest out"):
+        train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
+    (metrics,) = logged
+    assert metrics["train/resampled_items"] == 2 * 2  # both items, twice
+    assert metrics["train/filtered_groups"] == 2  # one expanded group per pair item
+    assert "train/reward_mean" not in metrics  # nothing trained: no update, and no made-up reward statistics
+
+
 def test_more_rollouts_than_the_group_takes_is_validated(world, tmp_path):
     with pytest.raises(ValueError, match=r"rollouts_per_prompt \(3\) must be at least group_size \(4\)"):
         GRPOConfig.model_validate(_config(world, tmp_path, rollouts_per_prompt=3))
@@ -223,6 +257,25 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vqmodel"))  # the VQ is frozen
     assert not cfg.checkpoints.exists()  # removed once the output is written
     assert load_policy(cfg.out).num_image_tokens == 64  # a complete transformers checkpoint (tied weights too)
+
+
+def test_batch_scaled_advantages_with_a_floor_train_and_log_the_zero_spread_share(world, tmp_path):
+    from focusdiff.judge.select import build_judge
+    from tests.tiny_models import save_tiny_llava
+
+    # a tiny random VLM through the hf backend: yes-probabilities that differ from image to image
+    judge = {"backend": "hf", "model": str(save_tiny_llava(tmp_path / "judge", head_std=0.3))}
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path / "a", steps=1, advantage_scale="batch", std_floor=0.05,
+                                            judge=judge))
+    logged = []
+    train(cfg, build_judge(cfg.judge), log=lambda m, s: logged.append(m))
+    assert logged[0]["train/zero_std_fraction"] == 0.0 and logged[0]["train/grad_norm"] > 0
+    # the exact checker on a random policy: nothing drawn right, every group's rewards equal
+    cfg = GRPOConfig.model_validate(_config(world, tmp_path / "b", steps=1, advantage_scale="batch",
+                                            inject_ground_truth=False))
+    logged = []
+    train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
+    assert logged[0]["train/zero_std_fraction"] == 1.0 and logged[0]["train/reward_std"] == 0.0
 
 
 def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
@@ -468,3 +521,24 @@ def test_paired_differences_of_ablation_records_by_hand():
         metrics={}, pairs_sha256="another", categories=["color", "color", "text"], g=[0.1, 0.1, 0.1])}})]
     with pytest.raises(DataError, match="2 different pair suites"):
         paired_differences(other)
+
+
+def test_new_training_options_at_their_reference_values_keep_keys_and_identities():
+    """Cells recorded and runs checkpointed before these options existed keep naming their configuration."""
+    import hashlib
+    import json
+
+    from focusdiff.stages.ablate import _train_key
+    from focusdiff.train.configs import NEUTRAL_WHEN_ADDED
+    from focusdiff.train.trainer import run_identity
+
+    cfg = GRPOConfig()
+    before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NEUTRAL_WHEN_ADDED}
+    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples", "ema_decay"}
+    assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
+    identity, _ = run_identity(cfg, None, None, b"{}", {})
+    assert not set(NEUTRAL_WHEN_ADDED) & set(identity["config"])
+    for change in ({"advantage_scale": "batch"}, {"std_floor": 0.05}, {"min_group_std": 0.01}, {"filter_resamples": 2},
+                   {"ema_decay": 0.9}):
+        assert _train_key(cfg.model_copy(update=change)) != _train_key(cfg)
+        assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
