@@ -77,7 +77,7 @@ class LoRAConfig(_Section):
 # (its checkpoints still resume) and of a cell's key (committed records still name their
 # configuration). Any other value is another configuration.
 NEUTRAL_WHEN_ADDED: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
-                                      "filter_resamples": 0, "ema_decay": None}
+                                      "filter_resamples": 0, "ema_decay": None, "overlap_judging": False}
 
 
 def without_neutral_additions(dump: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +150,10 @@ class GRPOConfig(_Section):
 
     # running it
     seed: int = Field(42, ge=0)
+    overlap_judging: bool = Field(
+        False, description="score a micro-batch on a second thread while the next one is sampled (Flow-Factory, "
+        "verl-omni): a served judge is otherwise idle during sampling and the sampler idle during judging. The "
+        "rewards and the run are the same; MLflow's time/judge_overlap_s is the judge time hidden")
     ema_decay: float | None = Field(
         None, ge=0, lt=1, description="keep an exponential moving average of the trained weights (Flow-GRPO: 0.9) "
         "and save it as the run's output, the weights registered and evaluated; checkpointed and resumed exactly. "

@@ -25,6 +25,7 @@ import math
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,7 @@ _NOT_TRAJECTORY = {
     "gradient_checkpointing": True,  # recomputes activations: the same numbers, in less memory
     # how a judge failure is handled: the steps already taken are the same under either setting
     "on_judge_failure": True, "max_dropped_fraction": True,
+    "overlap_judging": True,  # the same rewards, scored while the next micro-batch is sampled
 }
 ZERO_STD = 1e-6  # a group whose rewards' std is below this carries no signal (train/zero_std_fraction)
 
@@ -246,6 +248,8 @@ class Trainer:
             self.trainable = add_adapters(policy.model, cfg.lora, cfg.seed)
         else:
             self.trainable = trainable_parameters(policy.model)
+        # overlap_judging: one thread scores a micro-batch while the main thread samples the next
+        self._judge_pool = ThreadPoolExecutor(1, thread_name_prefix="judge") if cfg.overlap_judging else None
         self.ema = None
         if cfg.ema_decay is not None:
             if _zero3(accelerator):
@@ -327,6 +331,30 @@ class Trainer:
                 counts["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
         return dropped
 
+    def _prepare(self, batch: list[ItemExperience], group_counts: dict[str, float], timing: dict[str, float],
+                 p_inject: float) -> int:
+        """A scored micro-batch, ready for the loss: down-sampled, its groups counted (and filtered),
+        its reference (and old) log-probs computed. Returns the items dropped on a redraw."""
+        cfg, policy, sampling, dropped = self.cfg, self.policy, self.cfg.sampling, 0
+        for e in batch:
+            if e.dropped is None:
+                downsample(e, cfg.group_size, cfg.expand_pair_groups)
+                for group in reward_groups(e, cfg.expand_pair_groups):  # the policy's own draw
+                    group_counts["groups"] += 1
+                    group_counts["zero_std_groups"] += len(group) < 2 or float(e.rewards[group].std()) < ZERO_STD
+        if cfg.min_group_std is not None:
+            dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
+        t = time.perf_counter()
+        for e in batch:
+            with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
+                if cfg.beta > 0:
+                    e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
+                if cfg.updates_per_batch > 1:
+                    with full_parameters(self.accelerator, policy.model):
+                        e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
+        timing["logprobs"] += time.perf_counter() - t
+        return dropped
+
     def reference_logprobs(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         """The KL reference's log-probs: the frozen reference copy, or under LoRA the policy with
         its adapters disabled (the base, with no second copy)."""
@@ -361,6 +389,7 @@ class Trainer:
             micro_batches: list[list[ItemExperience]] = []
             dropped = 0
             group_counts: dict[str, float] = defaultdict(float)
+            judging = None  # with overlap_judging: (micro-batch, its judge's future)
             for micro in range(cfg.grad_accum):
                 slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
                          for j in range(cfg.items_per_micro_batch)]
@@ -369,28 +398,25 @@ class Trainer:
                     batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.rollouts_per_prompt or cfg.group_size,
                                     cfg.seed, p_inject, cfg.inject_ground_truth, sampling)
                 timing["rollout"] += time.perf_counter() - t
-                t = time.perf_counter()
-                dropped += reward(batch, self.judge, cfg.on_judge_failure)
-                timing["judge"] += time.perf_counter() - t
-                for e in batch:
-                    if e.dropped is None:
-                        downsample(e, cfg.group_size, cfg.expand_pair_groups)
-                        for group in reward_groups(e, cfg.expand_pair_groups):  # the policy's own draw
-                            group_counts["groups"] += 1
-                            group_counts["zero_std_groups"] += len(group) < 2 or float(e.rewards[group].std()) < ZERO_STD
-                if cfg.min_group_std is not None:
-                    dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
-                t = time.perf_counter()
-                for e in batch:
-                    with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
-                        if cfg.beta > 0:
-                            e.ref_logp = self.reference_logprobs(e.prompts, e.tokens)
-                        if cfg.updates_per_batch > 1:
-                            with full_parameters(accelerator, policy.model):
-                                e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling,
-                                                                     cfg.logprob_form)
-                timing["logprobs"] += time.perf_counter() - t
-                micro_batches.append(batch)
+                scored = None
+                if judging is not None:  # the previous micro-batch, scored while this one was sampled
+                    scored, future = judging
+                    dropped += _await_judge(future, timing)
+                if self._judge_pool is not None:  # this one is scored while the previous is prepared, the next sampled
+                    judging = (batch, self._judge_pool.submit(_timed_reward, batch, self.judge, cfg.on_judge_failure))
+                else:
+                    t = time.perf_counter()
+                    dropped += reward(batch, self.judge, cfg.on_judge_failure)
+                    timing["judge"] += time.perf_counter() - t
+                    scored = batch
+                if scored is not None:
+                    dropped += self._prepare(scored, group_counts, timing, p_inject)
+                    micro_batches.append(scored)
+            if self._judge_pool is not None:
+                scored, future = judging
+                dropped += _await_judge(future, timing)
+                dropped += self._prepare(scored, group_counts, timing, p_inject)
+                micro_batches.append(scored)
 
             # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
             batch_std = step_reward_std(accelerator, micro_batches) if cfg.advantage_scale == "batch" else None
@@ -483,6 +509,8 @@ class Trainer:
                                             "identity": self.identity, "base_policy": cfg.policy})
             shutil.rmtree(cfg.checkpoints, ignore_errors=True)
         accelerator.wait_for_everyone()
+        if self._judge_pool is not None:
+            self._judge_pool.shutdown()
         return TrainResult(out=out, steps=cfg.steps, resumed_from=start, history=history)
 
 
@@ -501,6 +529,24 @@ def _directory_of(policy: Policy) -> Path | None:
     """The local directory a policy was loaded from (a hub snapshot, a conversion), if any."""
     name = policy.model.name_or_path
     return Path(name) if name and Path(name).is_dir() else None
+
+
+def _await_judge(future, timing: dict[str, float]) -> int:
+    """The items a micro-batch's judge dropped, once it is done (overlap_judging): `time/judge_s`
+    is the wait, `time/judge_overlap_s` the judge's time hidden behind sampling and preparing."""
+    t = time.perf_counter()
+    dropped, judge_seconds = future.result()  # a judge failure raises here, as it would inline
+    waited = time.perf_counter() - t
+    timing["judge"] += waited
+    timing["judge_overlap"] += max(judge_seconds - waited, 0.0)
+    return dropped
+
+
+def _timed_reward(batch: list[ItemExperience], judge: Judge, on_failure: str) -> tuple[int, float]:
+    """`reward`, and how long it took (run on the judge thread under overlap_judging)."""
+    t = time.perf_counter()
+    dropped = reward(batch, judge, on_failure)
+    return dropped, time.perf_counter() - t
 
 
 def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]]) -> float:

@@ -278,6 +278,27 @@ def test_batch_scaled_advantages_with_a_floor_train_and_log_the_zero_spread_shar
     assert logged[0]["train/zero_std_fraction"] == 1.0 and logged[0]["train/reward_std"] == 0.0
 
 
+def test_overlapped_judging_gives_the_same_run_and_says_what_it_hid(world, tmp_path):
+    """The judge scores a micro-batch on its own thread while the next is sampled: the same
+    rewards, the same weights; time/judge_overlap_s is the judge time hidden."""
+    over = {"steps": 2, "grad_accum": 3, "beta": 0.1, "min_group_std": 0.01, "filter_resamples": 1}
+    inline = GRPOConfig.model_validate(_config(world, tmp_path / "inline", **over))
+    overlapped = GRPOConfig.model_validate(_config(world, tmp_path / "overlap", overlap_judging=True, **over))
+    logs: dict[str, list] = {"inline": [], "overlap": []}
+    train(inline, ExactJudge(), log=lambda m, s: logs["inline"].append(m))
+    train(overlapped, ExactJudge(), log=lambda m, s: logs["overlap"].append(m))
+    a, b = load_file(inline.out / "model.safetensors"), load_file(overlapped.out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(logs["inline"], logs["overlap"]):
+        assert {k: v for k, v in x.items() if k.startswith("train/") and k != "train/images_per_s"} == \
+               {k: v for k, v in y.items() if k.startswith("train/") and k != "train/images_per_s"}
+        assert "time/judge_overlap_s" not in x and y["time/judge_overlap_s"] >= 0
+    # a judge that fails on its thread fails the step as it would inline
+    with pytest.raises(JudgeFailure, match="judge went away"):
+        train(GRPOConfig.model_validate(_config(world, tmp_path / "gone", overlap_judging=True, steps=2)),
+              JudgeGoneAfter(20))
+
+
 def test_vanilla_grpo_is_the_same_trainer_with_pairing_off(world, tmp_path):
     cfg = GRPOConfig.model_validate(_config(world, tmp_path, steps=1, expand_pair_groups=False, inject_ground_truth=False))
     logged = []
@@ -534,7 +555,8 @@ def test_new_training_options_at_their_reference_values_keep_keys_and_identities
 
     cfg = GRPOConfig()
     before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NEUTRAL_WHEN_ADDED}
-    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples", "ema_decay"}
+    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples", "ema_decay",
+                                       "overlap_judging"}
     assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
     identity, _ = run_identity(cfg, None, None, b"{}", {})
     assert not set(NEUTRAL_WHEN_ADDED) & set(identity["config"])
@@ -542,3 +564,5 @@ def test_new_training_options_at_their_reference_values_keep_keys_and_identities
                    {"ema_decay": 0.9}):
         assert _train_key(cfg.model_copy(update=change)) != _train_key(cfg)
         assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
+    # overlapped judging changes when rewards arrive, not what they are: a checkpoint resumes either way
+    assert run_identity(cfg.model_copy(update={"overlap_judging": True}), None, None, b"{}", {})[0] == identity
