@@ -637,6 +637,7 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
         "train/dropped_items": sums["dropped"],
         "train/images": sums["images"],
         "train/images_per_s": sums["sampled_images"] / max(sums["wall"] / world, 1e-9),
+        "time/step_s": sums["wall"] / world,
     }
     if updated:
         metrics.update({

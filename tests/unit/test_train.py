@@ -245,7 +245,7 @@ def test_training_moves_the_policy_and_tracks_what_it_did(world, tmp_path):
     for key in ("train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction", "train/clip_fraction",
                 "train/lr", "train/grad_norm",
                 "train/injection_probability", "train/injected_items", "train/dropped_items", "train/images_per_s",
-                "time/rollout_s", "time/judge_s", "time/logprobs_s", "time/backward_s"):
+                "time/step_s", "time/rollout_s", "time/judge_s", "time/logprobs_s", "time/backward_s"):
         assert key in first, key
     assert first["train/injection_probability"] == 1.0 and first["train/injected_items"] == 2  # every pair injected
     assert any(k.startswith("train/reward_mean.") for k in first)  # per category
