@@ -32,3 +32,12 @@ class JudgeSpec(BaseModel):
         if self.backend == "hf" and not self.model:
             raise ValueError("the hf judge backend needs model (a checkpoint directory or hub id)")
         return self
+
+
+class WeightedJudgeSpec(JudgeSpec):
+    """One of several reward judges (`train.judges`): its rewards are normalised over each group
+    on their own, then summed with `weight` (GDPO; T2I-R1's and Flow-GRPO's reward mixtures),
+    so that no judge dominates by its scale and no single judge can be gamed alone."""
+
+    name: str = Field(min_length=1, description="names the judge in metrics (train/reward_mean.judge.<name>)")
+    weight: float = Field(1.0, gt=0, description="its share of the advantage")

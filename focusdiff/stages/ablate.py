@@ -50,13 +50,12 @@ from focusdiff.data.schema import CATEGORIES
 from focusdiff.errors import ConfigError, DataError
 from focusdiff.eval.orchestrate import run_paircomp
 from focusdiff.io import atomic_write_json, atomic_write_text
-from focusdiff.judge.select import build_judge
 from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
 from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
-from focusdiff.stages.train import step_summary
+from focusdiff.stages.train import build_reward_judges, step_summary
 from focusdiff.tracking import StageRun, git_commit
 from focusdiff.train.configs import LoRAConfig, without_neutral_additions
 from focusdiff.train.trainer import train
@@ -188,6 +187,8 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     if eval_repeats < 1:
         raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
+    if params.train.judges is not None:  # a mixture has no one reward judge to score by: the checker alone
+        del judges["reward"]
     wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in range(eval_repeats)}
     cells = _run_cell(params, judges, wanted, results, out / "base", "base", None,
                       _hash({"base": params.train.policy}), params.train.policy, None)
@@ -233,7 +234,7 @@ def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[s
                                     and (cfg.out / "model.safetensors").is_file()):
             started = time.perf_counter()
             with Reporter(f"train {variant} seed {seed}", cfg.steps, describe=step_summary) as progress:
-                train(cfg, build_judge(cfg.judge), on_progress=progress.update)
+                train(cfg, build_reward_judges(cfg), on_progress=progress.update)
             atomic_write_text(trained_key, train_key)
             scores, missing = {}, list(wanted)
             wall = {"train_s": time.perf_counter() - started, "eval_s": 0.0}

@@ -21,6 +21,7 @@ from accelerate import PartialState
 from focusdiff.config import load_params, load_recipe, parse_overrides, updated, within
 from focusdiff.errors import DataError
 from focusdiff.io import atomic_write_json, atomic_write_text
+from focusdiff.judge.base import Judge
 from focusdiff.judge.select import build_judge
 from focusdiff.progress import Reporter, metric_text
 from focusdiff.registry.gate import GateConfig
@@ -29,7 +30,7 @@ from focusdiff.registry.store import register_policy
 from focusdiff.tracking import StageRun, end_abandoned_run, git_commit, prefect_flow_run_id, run_exists
 from focusdiff.tracking_config import TrackingConfig
 from focusdiff.train.configs import GRPOConfig
-from focusdiff.train.trainer import Trainer, TrainResult
+from focusdiff.train.trainer import Trainer, TrainResult, judge_names
 from focusdiff.versioning import DvcError, output_version
 
 DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the version the flow versioned
@@ -38,6 +39,13 @@ DATA_VERSION_ENV = "FOCUSDIFF_DATA_VERSION"  # set by the cluster launcher: the 
 CURVE_COLUMNS = ("step", "train/reward_mean", "train/reward_std", "train/kl", "train/kl_capped_fraction",
                  "train/clip_fraction", "train/lr",
                  "train/injection_probability", "train/grad_norm", "train/images_per_s")
+
+
+def build_reward_judges(cfg: GRPOConfig) -> Judge | dict[str, Judge]:
+    """The run's reward judge, or its judges by name (`train.judges`), built from their specs."""
+    if cfg.judges is None:
+        return build_judge(cfg.judge)
+    return {spec.name: build_judge(spec) for spec in cfg.judges}
 
 
 def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "focusdiff train",
@@ -49,7 +57,7 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         # A cluster job trains on the dataset its pods pulled; it must be the one the flow versioned.
         raise DataError(f"{cfg.data}: dataset version {found} is not the version {expected} this run was submitted "
                         f"with ({DATA_VERSION_ENV}); the image's dvc.lock is stale: rebuild the image or pull that version")
-    judge = build_judge(cfg.judge)
+    judge = build_reward_judges(cfg)
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's env (one process each)
     state = PartialState(cpu=not torch.cuda.is_available())
     # Set up first (every process): whether this run resumes, starts fresh or is refused decides
@@ -87,7 +95,7 @@ def run_train_stage(cfg: GRPOConfig, tracking: TrackingConfig, command: str = "f
         run.set_tags({"train.out": str(result.out), "train.resumed_from": str(result.resumed_from)})
         registration_file = cfg.metrics_dir / REGISTRATION_FILE
         if registry is not None and registry.register_trained:
-            lineage = {"algorithm": cfg.algorithm, "base_model": cfg.policy, "reward_judge": cfg.judge.backend,
+            lineage = {"algorithm": cfg.algorithm, "base_model": cfg.policy, "reward_judge": judge_names(cfg),
                        "data.version": data_version(cfg.data),
                        "prefect.flow_run_id": prefect_flow_run_id() or "", **git_commit(), **(tags or {})}
             registration = register_policy(result.out, registry, tracking, run.run_id, lineage)

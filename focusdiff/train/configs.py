@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from focusdiff.judge.spec import JudgeSpec
+from focusdiff.judge.spec import JudgeSpec, WeightedJudgeSpec
 from focusdiff.model.sampling import SamplingConfig
 
 
@@ -76,7 +76,7 @@ class LoRAConfig(_Section):
 # that keeps the behaviour from before them: at that value a field is left out of a run's identity
 # (its checkpoints still resume) and of a cell's key (committed records still name their
 # configuration). Any other value is another configuration.
-NEUTRAL_WHEN_ADDED: dict[str, Any] = {"advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
+NEUTRAL_WHEN_ADDED: dict[str, Any] = {"judges": None, "advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
                                       "filter_resamples": 0, "ema_decay": None, "overlap_judging": False}
 
 
@@ -93,6 +93,9 @@ class GRPOConfig(_Section):
     reference: str | None = Field(None, description="frozen KL reference policy (default: the starting policy)")
     data: Path = Field(Path("data/pairs"), description="canonical paired dataset (train split is used)")
     judge: JudgeSpec = JudgeSpec()
+    judges: list[WeightedJudgeSpec] | None = Field(
+        None, min_length=2, description="several reward judges instead of `judge`: each one's rewards normalised over "
+        "the group, then summed by weight (GDPO). null: `judge` alone")
 
     # the method
     expand_pair_groups: bool = Field(True, description="normalise rewards over both prompts' 2G images (Pair-GRPO)")
@@ -180,7 +183,20 @@ class GRPOConfig(_Section):
         if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
             raise ValueError(f"rollouts_per_prompt ({self.rollouts_per_prompt}) must be at least group_size "
                              f"({self.group_size}): the loss takes G of them")
+        if self.judges is not None:
+            if "judge" in self.model_fields_set:
+                raise ValueError("give train.judge (one reward judge) or train.judges (several), not both")
+            names = [j.name for j in self.judges]
+            if len(set(names)) != len(names):
+                raise ValueError(f"train.judges: names must differ, got {names}")
         return self
+
+    @property
+    def reward_judges(self) -> list[WeightedJudgeSpec]:
+        """Every reward judge with its weight: `judges`, or `judge` alone (named by its backend)."""
+        if self.judges is not None:
+            return list(self.judges)
+        return [WeightedJudgeSpec(**self.judge.model_dump(), name=self.judge.backend, weight=1.0)]
 
     @property
     def checkpoints(self) -> Path:

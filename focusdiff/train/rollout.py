@@ -15,6 +15,7 @@ does not depend on which process or micro-batch it lands in, nor on a resume.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,12 @@ class ItemExperience:
     is_real: torch.Tensor  # (n,) bool: injected ground truth
     second: torch.Tensor  # (n,) bool: the image is for the item's second prompt
     images: np.ndarray | None = None  # (n, H, W, 3) decoded from the tokens
-    rewards: torch.Tensor | None = None  # (n,)
+    rewards: torch.Tensor | None = None  # (n,): the judges' rewards, weighted (one judge: its reward)
+    reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # judge name -> (n,) its rewards
     # every sampled and every injected image's reward, kept through down-sampling (for the metrics)
     sampled_rewards: torch.Tensor | None = None
     real_rewards: torch.Tensor | None = None
+    sampled_reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)  # judge name -> its sampled rewards
     advantages: torch.Tensor | None = None  # (n,)
     ref_logp: torch.Tensor | None = None  # (n, N)
     dropped: str | None = None  # why the judge could not score it
@@ -141,28 +144,43 @@ def collect(
     return out
 
 
-def reward(experiences: list[ItemExperience], judge: Judge, on_failure: str) -> int:
-    """Score every image with the judge. A failure either fails the step (JudgeFailure,
-    with the items and reasons) or, with on_failure="drop", drops each item that has an
-    unscored image; returns how many were dropped. No image is ever given a made-up score."""
+RewardJudges = Mapping[str, tuple[Judge, float]]  # judge name -> (judge, weight): train.judges, built
+
+
+def reward(experiences: list[ItemExperience], judges: Judge | RewardJudges, on_failure: str) -> int:
+    """Score every image with each judge (one Judge, or several with weights: `train.judges`). A
+    failure either fails the step (JudgeFailure, with the items and reasons) or, with
+    on_failure="drop", drops each item that has an image some judge could not score; returns
+    how many were dropped. No image is ever given a made-up score. An item's `rewards` are the
+    judges' weighted mean; each judge's own are in `reward_parts` (advantages normalise them
+    one by one)."""
+    if isinstance(judges, Judge):
+        judges = {"judge": (judges, 1.0)}
     images = [im for e in experiences for im in e.images]
     prompts = [p for e in experiences for p in e.prompts]
-    try:
-        verdicts = judge.judge(images, prompts)
-    except JudgeFailure as exc:
-        if on_failure != "drop":
-            raise
-        verdicts = exc.verdicts
+    verdicts: dict[str, list] = {}
+    for name, (judge, _) in judges.items():
+        try:
+            verdicts[name] = judge.judge(images, prompts)
+        except JudgeFailure as exc:
+            if on_failure != "drop":
+                raise
+            verdicts[name] = exc.verdicts
+    total_weight = sum(weight for _, weight in judges.values())
     dropped, start = 0, 0
     for e in experiences:
-        mine = verdicts[start : start + len(e.prompts)]
+        mine = {name: v[start : start + len(e.prompts)] for name, v in verdicts.items()}
         start += len(e.prompts)
-        if any(v is None for v in mine):
-            e.dropped = f"judge could not score {sum(v is None for v in mine)} of {len(mine)} images"
+        failed = {name: sum(x is None for x in v) for name, v in mine.items() if any(x is None for x in v)}
+        if failed:
+            who = "judge" if len(judges) == 1 else "judge " + ", ".join(failed)
+            e.dropped = f"{who} could not score {max(failed.values())} of {len(e.prompts)} images"
             dropped += 1
             continue
-        e.rewards = torch.tensor([v.score for v in mine], dtype=torch.float32)
+        e.reward_parts = {name: torch.tensor([x.score for x in v], dtype=torch.float32) for name, v in mine.items()}
+        e.rewards = sum(weight * e.reward_parts[name] for name, (_, weight) in judges.items()) / total_weight
         e.sampled_rewards, e.real_rewards = e.rewards[~e.is_real], e.rewards[e.is_real]
+        e.sampled_reward_parts = {name: r[~e.is_real] for name, r in e.reward_parts.items()}
     return dropped
 
 
@@ -186,6 +204,7 @@ def keep_images(e: ItemExperience, keep: torch.Tensor) -> None:
     e.prompts = [e.prompts[i] for i in keep.tolist()]
     e.tokens, e.sampler_logp, e.is_real, e.second = e.tokens[keep], e.sampler_logp[keep], e.is_real[keep], e.second[keep]
     e.images, e.rewards = e.images[keep.numpy()], e.rewards[keep]
+    e.reward_parts = {name: r[keep] for name, r in e.reward_parts.items()}
 
 
 def reward_groups(e: ItemExperience, expand_pair_groups: bool) -> list[torch.Tensor]:
@@ -197,12 +216,21 @@ def reward_groups(e: ItemExperience, expand_pair_groups: bool) -> list[torch.Ten
     return [g for g in groups if len(g)]  # a prompt whose group was filtered out has none
 
 
-def advantages(e: ItemExperience, expand_pair_groups: bool, scale: str = "group", batch_std: float | None = None,
-               std_floor: float = 0.0) -> torch.Tensor:
-    """Each group's advantages (objective.group_advantages) in the item's image order."""
-    out = torch.empty_like(e.rewards)
+def advantages(e: ItemExperience, expand_pair_groups: bool, scale: str = "group",
+               batch_std: float | Mapping[str, float] | None = None, std_floor: float = 0.0,
+               weights: Mapping[str, float] | None = None) -> torch.Tensor:
+    """Each group's advantages (objective.group_advantages) in the item's image order. With
+    several judges (`weights` by name), each judge's rewards are normalised on their own
+    (`batch_std` then holds one std per judge) and the advantages summed by weight (GDPO)."""
+    out = torch.zeros_like(e.rewards)
+    if weights is None or len(weights) == 1:
+        parts = {"": (1.0, e.rewards, batch_std)}
+    else:
+        parts = {name: (w, e.reward_parts[name], batch_std[name] if batch_std is not None else None)
+                 for name, w in weights.items()}
     for group in reward_groups(e, expand_pair_groups):
-        out[group] = group_advantages(e.rewards[group], scale=scale, batch_std=batch_std, std_floor=std_floor)
+        for weight, rewards, std in parts.values():
+            out[group] += weight * group_advantages(rewards[group], scale=scale, batch_std=std, std_floor=std_floor)
     return out
 
 

@@ -53,7 +53,7 @@ from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train
 from focusdiff.train.ema import ParameterEMA
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
 from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
-from focusdiff.train.rollout import (ItemExperience, advantages, collect, downsample, filter_groups, low_spread_groups,
+from focusdiff.train.rollout import (ItemExperience, RewardJudges, advantages, collect, downsample, filter_groups, low_spread_groups,
                                     reward, reward_groups)
 from focusdiff.viz import labeled_grid
 
@@ -63,6 +63,7 @@ from focusdiff.viz import labeled_grid
 _NOT_TRAJECTORY = {
     "policy": True, "reference": True, "data": True,
     "judge": {"base_url", "api_key_env", "max_concurrency", "max_retries"},
+    "judges": {"__all__": {"base_url", "api_key_env", "max_concurrency", "max_retries"}},
     "threads": True, "checkpoint_every": True, "keep_checkpoints": True, "checkpoint_dir": True, "restart": True,
     "log_every": True, "grid_every": True, "out": True, "metrics_dir": True,
     "gradient_checkpointing": True,  # recomputes activations: the same numbers, in less memory
@@ -197,7 +198,7 @@ ProgressCallback = Callable[[int, Mapping[str, float]], None]
 
 def train(
     cfg: GRPOConfig,
-    judge: Judge,
+    judge: Judge | Mapping[str, Judge],
     log: Logger = lambda metrics, step: None,
     log_grid: GridLogger = lambda image, step: None,
     on_progress: ProgressCallback = lambda done, metrics: None,
@@ -217,10 +218,12 @@ class Trainer:
     run's (other identity) are refused with what differs, or with cfg.restart moved aside.
     Nothing is ever deleted for belonging to another run."""
 
-    def __init__(self, cfg: GRPOConfig, judge: Judge):
+    def __init__(self, cfg: GRPOConfig, judge: Judge | Mapping[str, Judge]):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.cfg, self.judge = cfg, judge
+        self.cfg, self.judges = cfg, reward_judges(cfg, judge)
+        # GDPO's per-judge normalisation needs each judge's weight; one judge: its rewards as they are
+        self.judge_weights = {name: w for name, (_, w) in self.judges.items()} if len(self.judges) > 1 else None
         self.accelerator = accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                                                      gradient_accumulation_steps=cfg.grad_accum)
         device = accelerator.device
@@ -319,7 +322,7 @@ class Trainer:
                                   sampling, attempt=attempt)
             timing["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
-            dropped += reward(redrawn, self.judge, cfg.on_judge_failure)
+            dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
             timing["judge"] += time.perf_counter() - t
             for i, e in zip(again, redrawn):
                 if e.dropped is None:
@@ -403,10 +406,10 @@ class Trainer:
                     scored, future = judging
                     dropped += _await_judge(future, timing)
                 if self._judge_pool is not None:  # this one is scored while the previous is prepared, the next sampled
-                    judging = (batch, self._judge_pool.submit(_timed_reward, batch, self.judge, cfg.on_judge_failure))
+                    judging = (batch, self._judge_pool.submit(_timed_reward, batch, self.judges, cfg.on_judge_failure))
                 else:
                     t = time.perf_counter()
-                    dropped += reward(batch, self.judge, cfg.on_judge_failure)
+                    dropped += reward(batch, self.judges, cfg.on_judge_failure)
                     timing["judge"] += time.perf_counter() - t
                     scored = batch
                 if scored is not None:
@@ -419,12 +422,15 @@ class Trainer:
                 micro_batches.append(scored)
 
             # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
-            batch_std = step_reward_std(accelerator, micro_batches) if cfg.advantage_scale == "batch" else None
+            batch_std = None
+            if cfg.advantage_scale == "batch":
+                batch_std = (step_reward_std(accelerator, micro_batches) if self.judge_weights is None else
+                             {name: step_reward_std(accelerator, micro_batches, name) for name in self.judge_weights})
             for batch in micro_batches:
                 for e in batch:
                     if e.trains:
                         e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std,
-                                                  cfg.std_floor)
+                                                  cfg.std_floor, self.judge_weights)
 
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
@@ -489,10 +495,10 @@ class Trainer:
                                 ema=self.ema.state_dict() if self.ema is not None else None)
 
         if not totals["updated_steps"]:
-            why = (f"the judge ({cfg.judge.backend}) could not score {totals['dropped_items']}, and group filtering "
+            why = (f"the judge ({judge_names(cfg)}) could not score {totals['dropped_items']}, and group filtering "
                    f"(min_group_std {cfg.min_group_std}) took the rest out: their rewards did not vary"
                    if cfg.min_group_std is not None else
-                   f"the judge ({cfg.judge.backend}) scored none of them (all dropped)")
+                   f"the judge ({judge_names(cfg)}) scored none of them (all dropped)")
             raise TrainingFailed(f"none of the {cfg.steps} steps made an update: of {totals['items']} items, {why}; "
                                  f"nothing was written to {cfg.out}")
         out = None
@@ -519,7 +525,7 @@ def check_dropped_items(step: int, dropped: int, planned: int, cfg: GRPOConfig) 
     items it trains on: past that, no rest of the run can bring it back under the budget."""
     if dropped > cfg.max_dropped_fraction * planned:
         raise TrainingFailed(
-            f"step {step}: the judge ({cfg.judge.backend}) could not score {dropped} of the run's {planned} items "
+            f"step {step}: the judge ({judge_names(cfg)}) could not score {dropped} of the run's {planned} items "
             f"({dropped / planned:.1%}), over train.max_dropped_fraction ({cfg.max_dropped_fraction:.1%}); steps whose "
             "items were all dropped made no update. Check the judge, then rerun to resume from the newest checkpoint "
             "(raise train.max_dropped_fraction to let it go on with the items dropped so far)")
@@ -542,16 +548,39 @@ def _await_judge(future, timing: dict[str, float]) -> int:
     return dropped
 
 
-def _timed_reward(batch: list[ItemExperience], judge: Judge, on_failure: str) -> tuple[int, float]:
+def reward_judges(cfg: GRPOConfig, judge: Judge | Mapping[str, Judge]) -> dict[str, tuple[Judge, float]]:
+    """The built reward judges by name, with their weights (`cfg.reward_judges`): one Judge for
+    one judge, else one per name of `train.judges`."""
+    specs = cfg.reward_judges
+    if isinstance(judge, Judge):
+        if len(specs) != 1:
+            raise ConfigError(f"train.judges names {len(specs)} judges ({', '.join(s.name for s in specs)}): give "
+                              "one built judge per name")
+        return {specs[0].name: (judge, specs[0].weight)}
+    missing, unknown = {s.name for s in specs} - set(judge), set(judge) - {s.name for s in specs}
+    if missing or unknown:
+        raise ConfigError(f"the built judges ({', '.join(sorted(judge))}) are not train.judges' "
+                          f"({', '.join(s.name for s in specs)})")
+    return {s.name: (judge[s.name], s.weight) for s in specs}
+
+
+def judge_names(cfg: GRPOConfig) -> str:
+    """The reward judges for messages: `shapes`, or `shapes, vlm` with several."""
+    return cfg.judge.backend if cfg.judges is None else ", ".join(j.name for j in cfg.judges)
+
+
+def _timed_reward(batch: list[ItemExperience], judge: RewardJudges, on_failure: str) -> tuple[int, float]:
     """`reward`, and how long it took (run on the judge thread under overlap_judging)."""
     t = time.perf_counter()
     dropped = reward(batch, judge, on_failure)
     return dropped, time.perf_counter() - t
 
 
-def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]]) -> float:
-    """The unbiased std of every reward the step's loss takes, over all processes (collective)."""
-    rewards = [e.rewards for batch in micro_batches for e in batch if e.trains]
+def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]], judge: str | None = None) -> float:
+    """The unbiased std of every reward the step's loss takes (of one judge's, when named), over all
+    processes (collective)."""
+    rewards = [e.rewards if judge is None else e.reward_parts[judge]
+               for batch in micro_batches for e in batch if e.trains]
     flat = torch.cat(rewards).double() if rewards else torch.zeros(0, dtype=torch.float64)
     sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
                         device=accelerator.device)
@@ -604,6 +633,9 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             sums["injected_items"] += e.injected
             if e.dropped is not None:
                 continue
+            for name, r in e.sampled_reward_parts.items():
+                sums[f"judge_sum.{name}"] += float(r.sum())
+                sums[f"judge_n.{name}"] += len(r)
             sampled = e.sampled_rewards  # all of them, not only those down-sampling kept
             sums["reward_sum"] += float(sampled.sum())
             sums["reward_sq"] += float((sampled**2).sum())
@@ -657,6 +689,9 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
     if sums.get("real_n"):
         metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
     for key in keys:
+        if key.startswith("judge_sum.") and len(cfg.reward_judges) > 1:
+            name = key.removeprefix("judge_sum.")
+            metrics[f"train/reward_mean.judge.{name}"] = sums[key] / max(sums[f"judge_n.{name}"], 1)
         if key.startswith("cat_sum."):
             cat = key.removeprefix("cat_sum.")
             metrics[f"train/reward_mean.{cat}"] = sums[key] / max(sums[f"cat_n.{cat}"], 1)

@@ -8,6 +8,7 @@ backend); the formulas themselves are checked in test_objective.py.
 from __future__ import annotations
 
 import json
+import math
 import re
 import os
 import shutil
@@ -197,6 +198,55 @@ def test_group_filtering_redraws_then_filters_and_counts(world, tmp_path):
     assert metrics["train/resampled_items"] == 2 * 2  # both items, twice
     assert metrics["train/filtered_groups"] == 2  # one expanded group per pair item
     assert "train/reward_mean" not in metrics  # nothing trained: no update, and no made-up reward statistics
+
+
+def test_several_judges_are_normalised_one_by_one_then_summed_by_weight(world, policy):
+    item = next(i for i in train_items(load_dataset(world / "data")) if i.paired)
+    [e] = collect(policy, [(0, item)], 2, seed=0, injection_probability=0.0, inject=False, sampling=SamplingConfig())
+    e.reward_parts = {"a": torch.tensor([1.0, 0.0, 1.0, 0.0]), "b": torch.tensor([0.5, 0.5, 0.6, 0.4])}
+    e.rewards = (e.reward_parts["a"] + 0.5 * e.reward_parts["b"]) / 1.5
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # judge a: mean 0.5, unbiased std sqrt(1/3)
+    b = 0.1 / (math.sqrt(0.02 / 3) + 1e-4)  # judge b: mean 0.5, deviations 0, 0, 0.1, -0.1
+    got = advantages(e, expand_pair_groups=True, weights={"a": 1.0, "b": 0.5})
+    assert got.tolist() == pytest.approx([a, -a, a + 0.5 * b, -a - 0.5 * b], rel=1e-5)
+    # GDPO's point: normalising the weighted sum instead would let judge a's larger spread drown judge b
+    assert not torch.allclose(got, advantages(e, expand_pair_groups=True))
+
+
+def test_several_judges_score_every_image_and_a_failure_of_any_drops_the_item(world, policy):
+    items = train_items(load_dataset(world / "data"))
+    batch = collect(policy, [(0, items[0]), (1, items[1])], 2, seed=0, injection_probability=0.0, inject=False,
+                    sampling=SamplingConfig())
+    judges = {"exact": (ExactJudge(), 1.0), "flaky": (JudgeGoneAfter(4), 0.5)}  # answers the first item only
+    assert reward(batch, judges, "drop") == 1
+    assert set(batch[0].reward_parts) == {"exact", "flaky"} and batch[0].rewards is not None
+    assert torch.allclose(batch[0].rewards, (batch[0].reward_parts["exact"] + 0.5 * batch[0].reward_parts["flaky"]) / 1.5)
+    assert batch[1].dropped == "judge flaky could not score 4 of 4 images" and batch[1].rewards is None
+
+
+def test_a_run_with_two_judges_logs_each_judges_reward(world, tmp_path):
+    judges = [{"name": "checker", "backend": "exact"}, {"name": "second", "backend": "exact", "weight": 0.5}]
+    plain = {k: v for k, v in _config(world, tmp_path, steps=1).items() if k != "judge"}
+    cfg = GRPOConfig.model_validate({**plain, "judges": judges})
+    logged = []
+    train(cfg, {"checker": ExactJudge(), "second": ExactJudge()}, log=lambda m, s: logged.append(m))
+    (metrics,) = logged
+    assert metrics["train/reward_mean.judge.checker"] == metrics["train/reward_mean.judge.second"] == \
+        pytest.approx(metrics["train/reward_mean"])
+    with pytest.raises(ConfigError, match=r"the built judges \(checker\) are not train.judges' \(checker, second\)"):
+        train(cfg, {"checker": ExactJudge()})
+    with pytest.raises(ConfigError, match=r"train.judges names 2 judges \(checker, second\): give one built judge per name"):
+        train(cfg, ExactJudge())
+
+
+def test_judges_config_errors_name_the_field():
+    two = [{"name": "a", "backend": "exact"}, {"name": "b"}]
+    with pytest.raises(ValueError, match=r"give train.judge \(one reward judge\) or train.judges \(several\), not both"):
+        GRPOConfig.model_validate({"judge": {"backend": "exact"}, "judges": two})
+    with pytest.raises(ValueError, match=r"train.judges: names must differ, got \['a', 'a'\]"):
+        GRPOConfig.model_validate({"judges": [{"name": "a"}, {"name": "a", "backend": "exact"}]})
+    with pytest.raises(ValueError, match=r"judges\n  List should have at least 2 items"):
+        GRPOConfig.model_validate({"judges": [{"name": "a"}]})
 
 
 def test_more_rollouts_than_the_group_takes_is_validated(world, tmp_path):
@@ -550,18 +600,20 @@ def test_new_training_options_at_their_reference_values_keep_keys_and_identities
     import json
 
     from focusdiff.stages.ablate import _train_key
+    from focusdiff.judge.spec import WeightedJudgeSpec
     from focusdiff.train.configs import NEUTRAL_WHEN_ADDED
     from focusdiff.train.trainer import run_identity
 
     cfg = GRPOConfig()
     before = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NEUTRAL_WHEN_ADDED}
-    assert set(NEUTRAL_WHEN_ADDED) == {"advantage_scale", "std_floor", "min_group_std", "filter_resamples", "ema_decay",
-                                       "overlap_judging"}
+    assert set(NEUTRAL_WHEN_ADDED) == {"judges", "advantage_scale", "std_floor", "min_group_std", "filter_resamples",
+                                       "ema_decay", "overlap_judging"}
     assert _train_key(cfg) == hashlib.sha256(json.dumps({"train": before}, sort_keys=True).encode()).hexdigest()
     identity, _ = run_identity(cfg, None, None, b"{}", {})
     assert not set(NEUTRAL_WHEN_ADDED) & set(identity["config"])
     for change in ({"advantage_scale": "batch"}, {"std_floor": 0.05}, {"min_group_std": 0.01}, {"filter_resamples": 2},
-                   {"ema_decay": 0.9}):
+                   {"ema_decay": 0.9},
+                   {"judges": [WeightedJudgeSpec(name="a", backend="exact"), WeightedJudgeSpec(name="b", weight=0.5)]}):
         assert _train_key(cfg.model_copy(update=change)) != _train_key(cfg)
         assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
     # overlapped judging changes when rewards arrive, not what they are: a checkpoint resumes either way
