@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from focusdiff.data.configs import ImportConfig
 from focusdiff.errors import ConfigError
@@ -74,6 +74,20 @@ class Params(Section):
     promote: GateConfig
     cluster: ClusterConfig
 
+    @model_validator(mode="after")
+    def _evaluator_held_out(self) -> "Params":
+        """PairComp's evaluator (and so the promotion gate) must not be one of the judges the
+        policy was trained to please: a policy that games its reward judge would then also
+        game its measurement."""
+        evaluator = self.evaluate.paircomp.evaluator
+        for spec in self.train.reward_judges:
+            if (spec.backend, spec.model) == (evaluator.backend, evaluator.model):
+                field = "train.judge" if self.train.judges is None else f"train.judges ({spec.name})"
+                raise ValueError(f"{field} is evaluate.paircomp.evaluator ({evaluator.backend}"
+                                 f"{', ' + evaluator.model if evaluator.model else ''}): the held-out evaluator must "
+                                 "be another judge than every reward judge")
+        return self
+
 
 def _format_error(exc: ValidationError, file: Path) -> str:
     lines = []
@@ -81,7 +95,8 @@ def _format_error(exc: ValidationError, file: Path) -> str:
         key = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "<root>"
         key = key.replace("import_", "import")
         msg = err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+        # a check of the whole file (no loc) names its fields itself; its input is the whole file
+        got = "" if err["type"] == "missing" or not err["loc"] else f" (got {err['input']!r})"
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{file}: {key}: {msg}{got}")

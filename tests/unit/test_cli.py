@@ -110,6 +110,7 @@ def test_redirected_stages_write_progress_lines_to_their_log(tmp_path):
     train = [f"--set=train.{s}" for s in ("judge.backend=exact", "judge.model=null", f"data={tmp_path / 'pairs'}", "steps=2",
                                     "group_size=3", "items_per_micro_batch=1", "threads=1", "lr.warmup=1",
                                     "curriculum.s1=1", "curriculum.s2=2", "curriculum.s3=3")]
+    train.append("--set=evaluate.paircomp.evaluator.backend=shapes")  # the checker rewards: it cannot also evaluate
     for name, command in (("judge", ["judge", "train", *judge]), ("train", ["train", *train])):
         log = tmp_path / f"{name}.log"
         with log.open("w") as out:

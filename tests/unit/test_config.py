@@ -104,3 +104,20 @@ def test_typed_updates_are_validated():
     with pytest.raises(ConfigError) as err:
         updated(params.cluster.pytorchjob, nodes=0)
     assert str(err.value) == "command line: nodes: Input should be greater than or equal to 1 (got 0)"
+
+
+def test_the_paircomp_evaluator_cannot_be_a_reward_judge(tmp_path):
+    params = REPO_ROOT / "params.yaml"
+    with pytest.raises(ConfigError, match=r"params.yaml: <root>: train.judge is evaluate.paircomp.evaluator \(exact\): "
+                                          r"the held-out evaluator must be another judge than every reward judge$"):
+        load_params(params, overrides={"train.judge.backend": "exact", "train.judge.model": None})
+    raw = yaml.safe_load(params.read_text())
+    del raw["train"]["judge"]
+    raw["train"]["judges"] = [{"name": "learned", "backend": "shapes"}, {"name": "checker", "backend": "exact"}]
+    mixture = tmp_path / "params.yaml"
+    mixture.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"train.judges \(checker\) is evaluate.paircomp.evaluator \(exact\)"):
+        load_params(mixture)
+    raw["train"]["judges"][1] = {"name": "vlm", "backend": "hf", "model": "some/vlm"}
+    mixture.write_text(yaml.safe_dump(raw))
+    assert [j.name for j in load_params(mixture).train.reward_judges] == ["learned", "vlm"]
