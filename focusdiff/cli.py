@@ -351,7 +351,7 @@ def submit_training(
 def ablate(
     params: ParamsOpt = Path("params.yaml"),
     seeds: Annotated[list[int], typer.Option("--seed", help="training seeds (repeat; >= 3 for the table)")] = [0, 1, 2],
-    variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo, pair-grpo-lora (default: all)")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (the default: these three), pair-grpo-lora, pair-grpo+batch-std, pair-grpo+std-floor, pair-grpo+filter, pair-grpo+filter-resample, pair-grpo+ema")] = None,
     out: Annotated[Path, typer.Option(help="trained policies and their images (scratch, not committed)")] = Path("outputs/ablate"),
     results: Annotated[Path, typer.Option(help="one committed record per cell (scores, configuration hash, git "
                                                "commit, wall time) and table.md")] = Path("results/ablation"),

@@ -9,6 +9,10 @@ step (so the same number of rollouts); only the method's switches differ:
     pair-grpo                expanded groups + ground-truth injection on the curriculum
     pair-grpo-lora           pair-grpo training LoRA adapters (train.lora's defaults) instead of
                              the whole policy, every learning rate x10 (LORA_LR_SCALE)
+    pair-grpo+<option>       pair-grpo with one of the field's RL options on (batch-std, std-floor,
+                             filter, filter-resample, ema; see VARIANTS)
+
+Without --variant, the first three run (DEFAULT_VARIANTS); the others are asked for by name.
 
 Each trained policy (and the base) is scored on PairComp's held-out test pairs twice: by
 the reward judge it was trained against and by the exact checker (the held-out
@@ -65,7 +69,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
     "pair-grpo-lora": {"expand_pair_groups": True, "inject_ground_truth": True, "lora": LoRAConfig()},
+    # the field's RL options (issue 29), each on top of Pair-GRPO and compared with it pair by pair
+    "pair-grpo+batch-std": {"expand_pair_groups": True, "inject_ground_truth": True, "advantage_scale": "batch"},
+    "pair-grpo+std-floor": {"expand_pair_groups": True, "inject_ground_truth": True, "std_floor": 0.1},
+    "pair-grpo+filter": {"expand_pair_groups": True, "inject_ground_truth": True, "min_group_std": 0.05},
+    "pair-grpo+filter-resample": {"expand_pair_groups": True, "inject_ground_truth": True, "min_group_std": 0.05,
+                                  "filter_resamples": 2},
+    "pair-grpo+ema": {"expand_pair_groups": True, "inject_ground_truth": True, "ema_decay": 0.9},
 }
+# what `focusdiff ablate` runs without --variant: the method's comparison (the others by name)
+DEFAULT_VARIANTS = ("grpo", "pair-grpo-no-injection", "pair-grpo")
 # Adapters learn at a higher rate than the whole model (Flow-GRPO: 3e-4 for LoRA on SD3); the
 # LoRA variant keeps the steps, rollouts and schedule of the others with every rate x10.
 LORA_LR_SCALE = 10.0
@@ -193,7 +206,7 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     cells = _run_cell(params, judges, wanted, results, out / "base", "base", None,
                       _hash({"base": params.train.policy}), params.train.policy, None)
     cells = [Cell("base", s, c.judge, c.metrics) for s in seeds for c in cells]  # the base is one measurement
-    for variant in variants or list(VARIANTS):
+    for variant in variants or list(DEFAULT_VARIANTS):
         for seed in seeds:
             run_dir = out / f"{variant}-seed{seed}"
             cfg = params.train.model_copy(update={**variant_fields(params.train, variant), "seed": seed, "out": run_dir / "policy",

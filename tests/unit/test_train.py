@@ -618,3 +618,19 @@ def test_new_training_options_at_their_reference_values_keep_keys_and_identities
         assert run_identity(cfg.model_copy(update=change), None, None, b"{}", {})[0] != identity
     # overlapped judging changes when rewards arrive, not what they are: a checkpoint resumes either way
     assert run_identity(cfg.model_copy(update={"overlap_judging": True}), None, None, b"{}", {})[0] == identity
+
+
+def test_every_ablation_variant_is_a_valid_training_configuration():
+    from focusdiff.config import load_params
+    from focusdiff.stages.ablate import DEFAULT_VARIANTS, VARIANTS, _train_key, variant_fields
+
+    train_cfg = load_params(REPO_ROOT / "params.yaml").train
+    keys = set()
+    for variant in VARIANTS:
+        cfg = GRPOConfig.model_validate({**train_cfg.model_dump(), **variant_fields(train_cfg, variant)})
+        keys.add(_train_key(cfg))
+    assert len(keys) == len(VARIANTS)  # each one a different configuration
+    assert DEFAULT_VARIANTS == ("grpo", "pair-grpo-no-injection", "pair-grpo")
+    # each option variant is Pair-GRPO with that one option
+    for variant in (v for v in VARIANTS if v.startswith("pair-grpo+")):
+        assert VARIANTS[variant]["expand_pair_groups"] and VARIANTS[variant]["inject_ground_truth"]
