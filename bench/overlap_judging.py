@@ -1,7 +1,8 @@
 """Overlapped judging (train.overlap_judging) against a served judge on 127.0.0.1: step time with
 and without it. The judge is `focusdiff judge serve` (an OpenAI-compatible server in its own
 process, as vLLM/SGLang serve the real one), the policy the shipped ShapesWorld base, the data
-params.yaml's. The same short run is trained in turns (off, on, off, on, ...) so that a change
+params.yaml's, the images per step params.yaml's in micro-batches of one item (a step of one
+micro-batch has nothing to overlap). The same short run is trained in turns (off, on, off, on, ...) so that a change
 in the machine's load hits both alike; prints the median seconds per step and the ratio.
 
   ./uvw run python bench/overlap_judging.py                       # the learned shapes judge (models/shapes-judge)
@@ -61,6 +62,9 @@ def step_seconds(overlap: bool, args, port: int, work: Path) -> float:
     cfg = params.train.model_copy(update={
         "judge": params.train.judge.model_copy(update={"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                                                        "model": f"focusdiff-{args.backend}", "max_concurrency": 8}),
+        # the same images per step as params.yaml, in micro-batches of one item: overlap needs two or more
+        "items_per_micro_batch": 1,
+        "grad_accum": params.train.grad_accum * params.train.items_per_micro_batch,
         "steps": args.steps, "overlap_judging": overlap, "data": ROOT / params.train.data,
         "out": run / "out", "metrics_dir": run / "metrics", "checkpoint_dir": run / "checkpoints"})
     history = train(cfg, build_judge(cfg.judge)).history
