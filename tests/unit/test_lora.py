@@ -99,6 +99,25 @@ def test_lora_run_has_no_reference_copy_trains_adapters_and_saves_a_plain_janus_
     assert record["config"]["lora"]["rank"] == 4
     assert load_policy(cfg.out).num_image_tokens == 64
 
+    # registered as any policy is, and served by the pyfunc (no peft at serving time)
+    import mlflow
+    import pandas as pd
+
+    from focusdiff.registry.gate import GateConfig
+    from focusdiff.registry.store import register_policy
+    from focusdiff.tracking import StageRun
+    from focusdiff.tracking_config import TrackingConfig
+
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "artifacts"))
+    gate = GateConfig(model_name="focusdiff-lora")
+    with StageRun(tracking, "train") as run:
+        registration = register_policy(cfg.out, gate, tracking, run.run_id, {"algorithm": "pair-grpo"})
+    mlflow.set_tracking_uri(tracking.uri)
+    mlflow.set_registry_uri(tracking.uri)
+    model = mlflow.pyfunc.load_model(f"models:/focusdiff-lora/{registration.version}")
+    out = model.predict(pd.DataFrame({"prompt": ["a red circle"], "seed": [0]}))
+    assert len(out["image_png_base64"][0]) > 0
+
 
 def test_a_lora_run_refuses_a_separate_reference(world, tmp_path):
     from focusdiff.errors import ConfigError
