@@ -342,9 +342,9 @@ class Trainer:
         for e in batch:
             if e.dropped is None:
                 downsample(e, cfg.group_size, cfg.expand_pair_groups)
-                for group in reward_groups(e, cfg.expand_pair_groups):  # the policy's own draw
-                    group_counts["groups"] += 1
-                    group_counts["zero_std_groups"] += len(group) < 2 or float(e.rewards[group].std()) < ZERO_STD
+                # the policy's own draw: how many of its groups carry no signal at all
+                group_counts["groups"] += len(reward_groups(e, cfg.expand_pair_groups))
+                group_counts["zero_std_groups"] += len(low_spread_groups(e, cfg.expand_pair_groups, ZERO_STD))
         if cfg.min_group_std is not None:
             dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
         t = time.perf_counter()
