@@ -11,6 +11,8 @@ step (so the same number of rollouts); only the method's switches differ:
                              the whole policy, every learning rate x10 (LORA_LR_SCALE)
     pair-grpo+<option>       pair-grpo with one of the field's RL options on (batch-std, std-floor,
                              filter, filter-resample, ema; see VARIANTS)
+    pair-grpo+long-injection pair-grpo injecting ground truths over the whole run (attempt to close the gap)
+    grpo+injection           per-prompt groups with the pair's ground-truth injection (attempt to close the gap)
 
 Without --variant, the first three run (DEFAULT_VARIANTS); the others are asked for by name.
 
@@ -61,7 +63,7 @@ from focusdiff.registry.gate import paired_bootstrap
 from focusdiff.records import validation_error
 from focusdiff.stages.train import build_reward_judges, step_summary
 from focusdiff.tracking import StageRun, git_commit
-from focusdiff.train.configs import LoRAConfig, without_neutral_additions
+from focusdiff.train.configs import CurriculumConfig, LoRAConfig, without_neutral_additions
 from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -76,6 +78,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pair-grpo+filter-resample": {"expand_pair_groups": True, "inject_ground_truth": True, "min_group_std": 0.05,
                                   "filter_resamples": 2},
     "pair-grpo+ema": {"expand_pair_groups": True, "inject_ground_truth": True, "ema_decay": 0.9},
+    # attempts to close the gap to GRPO (issue 27, docs/experiments.md): injection over the whole run, in
+    # the reference's proportions (50:450:1200) scaled to 300 steps, against the default's end at step 120
+    "pair-grpo+long-injection": {"expand_pair_groups": True, "inject_ground_truth": True,
+                                 "curriculum": CurriculumConfig(s1=12, s2=112, s3=300, prob=0.25)},
+    # per-prompt groups (GRPO's normalisation) with the pair's injection (own ground truth, partner's as
+    # the hard negative): is the expanded group's cross-prompt comparison what costs?
+    "grpo+injection": {"expand_pair_groups": False, "inject_ground_truth": True},
 }
 # what `focusdiff ablate` runs without --variant: the method's comparison (the others by name)
 DEFAULT_VARIANTS = ("grpo", "pair-grpo-no-injection", "pair-grpo")

@@ -204,6 +204,6 @@ class GRPOConfig(_Section):
 
     @property
     def algorithm(self) -> str:
-        if not self.expand_pair_groups and not self.inject_ground_truth:
-            return "grpo"
+        if not self.expand_pair_groups:  # per-prompt groups; injection may still add the pair's two ground truths
+            return "grpo+injection" if self.inject_ground_truth else "grpo"
         return "pair-grpo" if self.inject_ground_truth else "pair-grpo-no-injection"

@@ -305,7 +305,7 @@ class Trainer:
         return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
 
     def _filter_groups(self, batch: list[ItemExperience], counts: dict[str, float], timing: dict[str, float],
-                       seed: int, p_inject: float, sampling: SamplingConfig) -> int:
+                       p_inject: float) -> int:
         """Group filtering, in place: items with a low-spread group are drawn again (up to
         `filter_resamples` times), then low-spread groups leave the loss. Returns the items the
         judge could not score on a redraw (dropped, as on the first draw)."""
@@ -318,8 +318,8 @@ class Trainer:
             t = time.perf_counter()
             with full_parameters(self.accelerator, self.policy.model):
                 redrawn = collect(self.policy, [(batch[i].index, batch[i].item) for i in again],
-                                  cfg.rollouts_per_prompt or cfg.group_size, seed, p_inject, cfg.inject_ground_truth,
-                                  sampling, attempt=attempt)
+                                  cfg.rollouts_per_prompt or cfg.group_size, cfg.seed, p_inject, cfg.inject_ground_truth,
+                                  cfg.sampling, attempt=attempt)
             timing["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
             dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
@@ -346,7 +346,7 @@ class Trainer:
                 group_counts["groups"] += len(reward_groups(e, cfg.expand_pair_groups))
                 group_counts["zero_std_groups"] += len(low_spread_groups(e, cfg.expand_pair_groups, ZERO_STD))
         if cfg.min_group_std is not None:
-            dropped += self._filter_groups(batch, group_counts, timing, cfg.seed, p_inject, sampling)
+            dropped += self._filter_groups(batch, group_counts, timing, p_inject)
         t = time.perf_counter()
         for e in batch:
             with torch.no_grad():  # a dropped item's too: see _micro_batch_loss

@@ -634,3 +634,7 @@ def test_every_ablation_variant_is_a_valid_training_configuration():
     # each option variant is Pair-GRPO with that one option
     for variant in (v for v in VARIANTS if v.startswith("pair-grpo+")):
         assert VARIANTS[variant]["expand_pair_groups"] and VARIANTS[variant]["inject_ground_truth"]
+    # each variant names its algorithm as training logs it (tags, registry lineage)
+    algorithms = {v: GRPOConfig.model_validate({**train_cfg.model_dump(), **variant_fields(train_cfg, v)}).algorithm
+                  for v in ("grpo", "pair-grpo-no-injection", "pair-grpo", "grpo+injection")}
+    assert algorithms == {v: v for v in algorithms}
