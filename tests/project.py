@@ -65,8 +65,8 @@ SMALL_STAGES: dict[str, Any] = {
               "threads": 1, "min_accuracy": 0.0},
     "train": {"group_size": 3, "items_per_micro_batch": 1, "steps": 2, "updates_per_batch": 1, "threads": 1,
               "lr": {"warmup": 1}, "curriculum": {"s1": 1, "s2": 2, "s3": 3}, "checkpoint_every": 10},
-    "evaluate": {"batch_size": 8, "bootstrap": 0, "report_pairs": 2,
-                 "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2},
+    "evaluate": {"batch_size": 64, "bootstrap": 0, "report_pairs": 2,
+                 "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2, "images_per_prompt": 2},
                  "dpg_bench": {"prompts": 2}},
     "promote": {"floor": 0.0, "margin": 0.0, "bootstrap": 100},
 }

@@ -49,6 +49,8 @@ OFFICIAL_VQA_IMAGE_SIZE = 480  # T2I-CompBench runs BLIP-VQA at 480 px (its vqa.
 class T2ICompBenchConfig(_Section):
     suite: Literal["shapes", "official"] = "shapes"
     prompts_per_category: int = Field(10, ge=2, description="shapes suite: prompts per category")
+    images_per_prompt: int = Field(10, ge=1, description="images drawn per prompt; the official protocol draws 10 "
+                                   "(fewer is a recorded deviation, for quick checks)")
     categories: tuple[str, ...] = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
     scorers: Literal["shapes", "transformers"] = Field("shapes", description="shapes: exact checker + grammar")
     vqa_model: str = "Salesforce/blip-vqa-capfilt-large"

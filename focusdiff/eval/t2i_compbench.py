@@ -118,13 +118,13 @@ def load_prompts(path: str | Path, category: str) -> list[T2IPrompt]:
     return [T2IPrompt(category, i, p) for i, p in enumerate(prompts)]
 
 
-def image_file(p: T2IPrompt, k: int) -> str:
+def image_file(p: T2IPrompt, k: int, per_prompt: int = IMAGES_PER_PROMPT) -> str:
     """The official layout: `<category>/samples/<prompt>_<running index, 6 digits>.png`."""
-    return f"{p.category}/samples/{p.prompt.replace('/', ' ')}_{p.index * IMAGES_PER_PROMPT + k:06d}.png"
+    return f"{p.category}/samples/{p.prompt.replace('/', ' ')}_{p.index * per_prompt + k:06d}.png"
 
 
-def jobs(prompts: list[T2IPrompt]) -> list[ImageJob]:
-    return [ImageJob(image_file(p, k), p.prompt) for p in prompts for k in range(IMAGES_PER_PROMPT)]
+def jobs(prompts: list[T2IPrompt], per_prompt: int = IMAGES_PER_PROMPT) -> list[ImageJob]:
+    return [ImageJob(image_file(p, k, per_prompt), p.prompt) for p in prompts for k in range(per_prompt)]
 
 
 # --------------------------------------------------------------------------- scores
@@ -241,14 +241,14 @@ def score_image(p: T2IPrompt, image: np.ndarray, s: T2IScorers, spatial_prompts:
     raise ValueError(f"unknown T2I-CompBench category {p.category!r}")
 
 
-def aggregate(prompts: list[T2IPrompt], scores: dict[str, float]) -> dict[str, float]:
+def aggregate(prompts: list[T2IPrompt], scores: dict[str, float], per_prompt: int = IMAGES_PER_PROMPT) -> dict[str, float]:
     """t2i_compbench.<category> = mean over the category's images; `mean_of_categories` is ours."""
-    missing = [j.file for j in jobs(prompts) if j.file not in scores]
+    missing = [j.file for j in jobs(prompts, per_prompt) if j.file not in scores]
     if missing:
         raise IncompleteEvaluation("t2i_compbench", f"{len(missing)} images have no score (first: {', '.join(missing[:3])})")
     per: dict[str, list[float]] = {}
     for p in prompts:
-        per.setdefault(p.category, []).extend(scores[image_file(p, k)] for k in range(IMAGES_PER_PROMPT))
+        per.setdefault(p.category, []).extend(scores[image_file(p, k, per_prompt)] for k in range(per_prompt))
     metrics = {f"t2i_compbench.{c}": float(np.mean(per[c])) for c in CATEGORIES if c in per}
     metrics["t2i_compbench.mean_of_categories"] = float(np.mean([metrics[f"t2i_compbench.{c}"] for c in CATEGORIES if c in per]))
     return metrics
@@ -393,6 +393,7 @@ class T2ISuite(Suite):
     scorers: T2IScorers
     spatial_prompts: set[str]  # complex prompts scored BLIP + spatial
     action_prompts: set[str]  # complex prompts scored BLIP + CLIP
+    images_per_prompt: int = IMAGES_PER_PROMPT
 
 
 class T2ICompBench(Benchmark[T2ISuite]):
@@ -427,27 +428,31 @@ class T2ICompBench(Benchmark[T2ISuite]):
             if c.vqa_image_size != OFFICIAL_VQA_IMAGE_SIZE:
                 deviations.append(f"BLIP-VQA sees images at {c.vqa_image_size} px, "
                                   f"not the official {OFFICIAL_VQA_IMAGE_SIZE} px")
-        return T2ISuite(jobs(prompts), deviations, prompts, scorers, spatial_prompts, action_prompts)
+        if c.images_per_prompt != IMAGES_PER_PROMPT:
+            deviations.append(f"{c.images_per_prompt} images per prompt, not the official {IMAGES_PER_PROMPT}")
+        return T2ISuite(jobs(prompts, c.images_per_prompt), deviations, prompts, scorers, spatial_prompts, action_prompts,
+                        c.images_per_prompt)
 
     def score(self, suite: T2ISuite, images: Path) -> list[Row]:
         rows = []
         for p in suite.prompts:
-            for k in range(IMAGES_PER_PROMPT):
-                file = image_file(p, k)
+            for k in range(suite.images_per_prompt):
+                file = image_file(p, k, suite.images_per_prompt)
                 image = np.asarray(Image.open(images / file).convert("RGB"))
                 score = score_image(p, image, suite.scorers, suite.spatial_prompts, suite.action_prompts)
                 rows.append({"file": file, "category": p.category, "prompt": p.prompt, "score": score})
         return rows
 
     def aggregate(self, suite: T2ISuite, rows: list[Row]) -> dict[str, float]:
-        return aggregate(suite.prompts, {r["file"]: r["score"] for r in rows})
+        return aggregate(suite.prompts, {r["file"]: r["score"] for r in rows}, suite.images_per_prompt)
 
     def resampling_units(self, suite: T2ISuite, rows: list[Row]) -> dict[str, np.ndarray]:
-        """Prompts (the mean of their 10 images), stratified by category."""
+        """Prompts (the mean of their images), stratified by category."""
         scores = {r["file"]: r["score"] for r in rows}
         per: dict[str, list[float]] = {}
         for p in suite.prompts:
-            per.setdefault(p.category, []).append(float(np.mean([scores[image_file(p, k)] for k in range(IMAGES_PER_PROMPT)])))
+            n = suite.images_per_prompt
+            per.setdefault(p.category, []).append(float(np.mean([scores[image_file(p, k, n)] for k in range(n)])))
         return {c: np.array(v) for c, v in per.items()}
 
     def statistic(self, sample: dict[str, np.ndarray]) -> dict[str, float]:

@@ -93,6 +93,7 @@ DEFAULT_VARIANTS = ("grpo", "pair-grpo-no-injection", "pair-grpo")
 LORA_LR_SCALE = 10.0
 RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
 TABLE_FILE = "table.md"
+JUDGE_COPY = "reward-judge"  # in the results folder: the reward judge its cells were trained against (committed)
 TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
 REPEAT_SEED_STRIDE = 100_000  # repeat r draws image k with seed evaluate.seed + r * stride + k: no overlap
 
@@ -130,6 +131,9 @@ class CellRecord(BaseModel):
     git: dict[str, str]  # commit (and dirty) of the code that produced it
     wall_s: dict[str, float]  # train_s (0 for the base), eval_s
     finished_at: str
+    # the reward judge's weights (sha256 of its files), where it is a local directory: a judge re-trained
+    # on another machine differs (CPU training is not bit-reproducible across CPUs), and the table says so
+    reward_judge_sha256: str | None = None
 
     def cells(self) -> list[Cell]:
         """The table's cells: per judge, the mean over its repeats."""
@@ -142,6 +146,27 @@ class CellRecord(BaseModel):
         if len({s.pairs_sha256 for s in scores}) != 1:
             raise DataError(f"{self.variant} seed {self.seed}: its {judge} repeats were scored on different pair suites")
         return scores[0].model_copy(update={"g": [float(v) for v in np.mean([s.g for s in scores], axis=0)]})
+
+
+def judge_fingerprint(spec: JudgeSpec) -> str | None:
+    """sha256 over a local judge directory's weight and config files (not its record, which names its
+    MLflow run); None for a judge that is not a local directory (the checker, a hub id, a server)."""
+    folder = Path(spec.model) if spec.model else None
+    if folder is None or not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name != "record.json")
+    return _hash({str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+
+
+def _check_reward_judge(spec: JudgeSpec, results: Path) -> None:
+    """New cells are trained against the reward judge the folder's cells were: a judge re-trained
+    elsewhere has other weights (the judge stage is not bit-reproducible across CPUs)."""
+    mine = judge_fingerprint(spec)
+    recorded = {r.reward_judge_sha256 for r in map(load_record, sorted(results.glob("*.json")))} - {None}
+    if mine is not None and recorded and mine not in recorded:
+        raise DataError(f"{spec.model}: this reward judge (weights {mine[:12]}) is not the one the cells in {results} were "
+                        f"trained against ({', '.join(sorted(k[:12] for k in recorded))}); restore that judge (a copy is "
+                        f"kept in {results / JUDGE_COPY}) or give another --results folder")
 
 
 def record_path(results: Path, variant: str, seed: int | None) -> Path:
@@ -208,6 +233,7 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     holds every score, else trained (if its policy is not here) and scored, its record written."""
     if eval_repeats < 1:
         raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
+    _check_reward_judge(params.train.judge, results)
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
     if params.train.judges is not None:  # a mixture has no one reward judge to score by: the checker alone
         del judges["reward"]
@@ -271,7 +297,8 @@ def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[s
             scores[eval_key] = _paircomp(params, policy, policy_dir, _repeat_dir(run_dir / "eval", r), judges[name], r)
             wall["eval_s"] += time.perf_counter() - started
         record = CellRecord(variant=variant, seed=seed, train_key=train_key, evaluations=evaluations, scores=scores,
-                            git=git_commit(), wall_s=wall, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                            git=git_commit(), wall_s=wall, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            reward_judge_sha256=judge_fingerprint(params.train.judge))
     if record != saved:
         results.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record.model_dump(mode="json"))
@@ -287,9 +314,21 @@ def report(results: Path = RESULTS) -> str:
     order = {v: i for i, v in enumerate(["base", *VARIANTS])}
     records.sort(key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed if r.seed is not None else -1))
     cells = [c for r in records for c in r.cells()]
-    text = markdown(cells) + "\n" + differences_markdown(paired_differences(records))
+    text = markdown(cells) + "\n" + differences_markdown(paired_differences(records)) + judges_note(records)
     atomic_write_text(results / TABLE_FILE, text + "\n")
     return text
+
+
+def judges_note(records: list[CellRecord]) -> str:
+    """A line under the tables when the cells' reward judges were not all the same weights."""
+    by_judge: dict[str, list[str]] = {}
+    for r in records:
+        name = r.variant if r.seed is None else f"{r.variant} seed {r.seed}"
+        by_judge.setdefault(r.reward_judge_sha256[:12] if r.reward_judge_sha256 else "not recorded", []).append(name)
+    if len(by_judge) < 2:
+        return ""
+    return ("\n**The cells' reward judges differ** (training reward and the reward-judge columns; the exact checker is "
+            "the same): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in by_judge.items()) + "\n")
 
 
 REFERENCES = ("base", "grpo", "pair-grpo")  # what each variant is compared with, pair by pair

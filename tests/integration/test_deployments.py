@@ -4,10 +4,11 @@ the DVC remote on the same S3 endpoint. All on 127.0.0.1, all started and stoppe
 
 The embedded pipeline deployment runs end to end: the trained policy is registered, its
 four evaluations land on the version, and the gate makes it champion. A second run whose
-training diverges (a learning rate of 1e30) fails loudly and registers nothing; a third
-whose DPG-Bench judge cannot be reached fails, records the failure on its version, and
-the promote deployment then refuses it. (A worse-but-finite challenger being rejected is
-covered by test_registry and test_gate.)
+training diverges (a learning rate of 1e30) fails loudly and registers nothing; the promote
+deployment then runs on the worker and leaves the champion where it was. (A challenger whose
+benchmark failed, or that is worse but finite, being refused is covered at the stage level by
+test_registry and test_gate: a third pipeline run here cost minutes of the suite's budget
+and added only the surface these two runs already cross.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _flow_runs(api: str) -> list[dict]:
     return runs
 
 
-@pytest.mark.timeout(1800)  # four deployment runs of the whole (shrunk) pipeline
+@pytest.mark.timeout(1800)  # two runs of the whole (shrunk) pipeline and one of the gate
 def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: MlflowServer, s3_server: S3Server,
                                                            tmp_path: Path) -> None:
     proj = make_project(tmp_path / "project", env_extra=s3_server.env)
@@ -98,18 +99,10 @@ def test_embedded_deployment_runs_on_a_worker_and_promotes(mlflow_server: Mlflow
             assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{model_name}'")) == ["1", "2"]
             assert str(client.get_model_version_by_alias(model_name, "champion").version) == str(champion.version)
 
-            # A benchmark that fails: DPG-Bench asks a judge server nobody runs.
-            proj.update_params({"train": {"lr": {"peak": 0.0001}, "seed": 7}, "evaluate": {"dpg_bench": {
-                "answerer": "judge", "judge": {"backend": "openai", "base_url": f"http://{LOOPBACK}:{free_port()}/v1",
-                                               "model": "nobody", "max_retries": 0}}}})
-            failed = run_deployment("focusdiff-pipeline/embedded")
-            assert failed["state_type"] == "FAILED", failed["state"]
-            v3 = client.get_model_version(model_name, "3")
-            assert v3.tags["eval.dpg_bench.status"].startswith("failed:"), v3.tags
+            # The promote deployment on the worker: the gate runs again over the registry as it is
+            # (nothing new to judge) and leaves the champion where it was.
             gate = run_deployment("focusdiff-promote/promote")
             assert gate["state_type"] == "COMPLETED", (gate["state"], worker.log_tail())
-            v3 = client.get_model_version(model_name, "3")
-            assert v3.tags["gate.decision"] == "rejected" and "dpg_bench evaluation is failed" in v3.tags["gate.reason"]
             assert str(client.get_model_version_by_alias(model_name, "champion").version) == str(champion.version)
     # Tracking went to the server (the environment wins over params.yaml's sqlite default),
     # artifacts through its proxy into the bucket.

@@ -33,6 +33,23 @@ def test_official_layout_names_images_by_prompt_and_running_index():
     assert t2i.image_file(p, 7) == "color/samples/a green bench and a blue bowl_000037.png"
 
 
+def test_fewer_images_per_prompt_are_drawn_scored_and_recorded_as_a_deviation(tmp_path):
+    from focusdiff.config import load_params
+
+    cfg = load_params(REPO_ROOT / "params.yaml").evaluate
+    cfg = cfg.model_copy(update={"t2i_compbench": cfg.t2i_compbench.model_copy(update={"images_per_prompt": 2})})
+    suite = t2i.BENCHMARK.prepare(cfg, tmp_path)
+    assert len(suite.jobs) == 2 * len(suite.prompts) and suite.images_per_prompt == 2
+    p = suite.prompts[1]  # the running index counts 2 per prompt
+    assert [j.file for j in suite.jobs[2:4]] == [t2i.image_file(p, 0, 2), t2i.image_file(p, 1, 2)]
+    assert t2i.image_file(p, 1, 2).endswith(f"_{2 * p.index + 1:06d}.png")
+    assert "2 images per prompt, not the official 10" in suite.deviations
+    scores = {j.file: 1.0 for j in suite.jobs}
+    assert t2i.aggregate(suite.prompts, scores, 2)["t2i_compbench.mean_of_categories"] == 1.0
+    with pytest.raises(IncompleteEvaluation, match="have no score"):
+        t2i.aggregate(suite.prompts, scores)  # the official 10 asked of 2: not a score
+
+
 class _Chunks:
     """A fixed noun-chunk reading of one prompt (spaCy's role), to test the question rule."""
 

@@ -594,6 +594,45 @@ def test_paired_differences_of_ablation_records_by_hand():
         paired_differences(other)
 
 
+def test_cells_scored_with_different_reward_judges_are_named_under_the_tables(tmp_path):
+    from focusdiff.judge.spec import JudgeSpec
+    from focusdiff.stages.ablate import CellRecord, judge_fingerprint, judges_note
+
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "model.safetensors").write_bytes(b"weights")
+    (judge / "record.json").write_text("{}")
+    first = judge_fingerprint(JudgeSpec(backend="shapes", model=str(judge)))
+    (judge / "record.json").write_text('{"mlflow_run_id": "another"}')  # the record is not the judge
+    assert judge_fingerprint(JudgeSpec(backend="shapes", model=str(judge))) == first and len(first) == 64
+    (judge / "model.safetensors").write_bytes(b"retrained")
+    second = judge_fingerprint(JudgeSpec(backend="shapes", model=str(judge)))
+    assert second != first and judge_fingerprint(JudgeSpec(backend="exact")) is None
+
+    def record(variant, seed, fingerprint):
+        return CellRecord(variant=variant, seed=seed, train_key="k", evaluations={}, scores={}, git={},
+                          wall_s={"train_s": 0.0, "eval_s": 0.0}, finished_at="2026-12-06T00:00:00Z",
+                          reward_judge_sha256=fingerprint)
+
+    assert judges_note([record("base", None, first), record("grpo", 0, first)]) == ""
+    note = judges_note([record("base", None, None), record("grpo", 0, first), record("grpo", 1, second)])
+    assert "**The cells' reward judges differ**" in note and "not recorded: base" in note
+    assert f"{first[:12]}: grpo seed 0" in note and f"{second[:12]}: grpo seed 1" in note
+
+    # new cells are refused against a results folder whose cells had another reward judge
+    from focusdiff.errors import DataError
+    from focusdiff.stages.ablate import _check_reward_judge
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "grpo-seed0.json").write_text(record("grpo", 0, first).model_dump_json())
+    with pytest.raises(DataError, match=rf"judge: this reward judge \(weights {second[:12]}\) is not the one the cells in "
+                                        rf".*results were trained against \({first[:12]}\); restore that judge"):
+        _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results)
+    (results / "grpo-seed1.json").write_text(record("grpo", 1, second).model_dump_json())
+    _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results)  # one of the folder's judges
+
+
 def test_new_training_options_at_their_reference_values_keep_keys_and_identities():
     """Cells recorded and runs checkpointed before these options existed keep naming their configuration."""
     import hashlib
