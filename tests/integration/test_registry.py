@@ -239,8 +239,9 @@ def test_the_base_becomes_the_first_champion_and_the_first_challenger_meets_it(t
     params = load_params(REPO_ROOT / "params.yaml")
     evaluate = params.evaluate.model_validate({
         "policy": str(world / "policy"), "data": str(world / "data"), "out": str(tmp_path / "out"),
-        "metrics_dir": str(tmp_path / "metrics"), "bootstrap": 0, "batch_size": 8, "report_pairs": 1,
-        "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2}, "dpg_bench": {"prompts": 1}})
+        "metrics_dir": str(tmp_path / "metrics"), "bootstrap": 0, "batch_size": 64, "report_pairs": 1,
+        "geneval": {"prompts_per_task": 1}, "t2i_compbench": {"prompts_per_category": 2, "images_per_prompt": 2},
+        "dpg_bench": {"prompts": 1}})
     nobody = {"answerer": "judge", "judge": {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
                                              "model": "nobody", "max_retries": 0}}
     params = updated(params, tracking=tracking, evaluate=evaluate,
