@@ -50,8 +50,9 @@ TINY = {
     "step": [("shapes-base", None, {}), ("shapes-base", None, {"lora": {"rank": 4}, "gradient_checkpointing": True})],
     "batch": 2, "repeats": 1, "dtype": "fp32",
     "embedded": ["data.shapes.pairs_per_category.train=4", "data.shapes.pairs_per_category.val=1",
-                 "data.shapes.pairs_per_category.test=2", "data.shapes.prompts.train=3", "data.shapes.prompts.val=1",
-                 "data.shapes.prompts.test=1", "judge.steps=20", "judge.min_accuracy=0", "train.steps=2"],
+                 "data.shapes.pairs_per_category.test=1", "data.shapes.prompts.train=3", "data.shapes.prompts.val=1",
+                 "data.shapes.prompts.test=1", "judge.steps=4", "judge.width=32", "judge.layers=1", "judge.heads=2",
+                 "judge.min_accuracy=0", "train.steps=2"],
 }
 
 
