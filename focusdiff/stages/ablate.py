@@ -60,7 +60,7 @@ from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
 from focusdiff.registry.gate import paired_bootstrap
-from focusdiff.records import validation_error
+from focusdiff.records import RecordError, validation_error
 from focusdiff.stages.train import build_reward_judges, step_summary
 from focusdiff.tracking import StageRun, git_commit
 from focusdiff.train.configs import CurriculumConfig, LoRAConfig, without_neutral_additions
@@ -162,7 +162,13 @@ def _check_reward_judge(spec: JudgeSpec, results: Path) -> None:
     """New cells are trained against the reward judge the folder's cells were: a judge re-trained
     elsewhere has other weights (the judge stage is not bit-reproducible across CPUs)."""
     mine = judge_fingerprint(spec)
-    recorded = {r.reward_judge_sha256 for r in map(load_record, sorted(results.glob("*.json")))} - {None}
+    recorded = set()
+    for path in sorted(results.glob("*.json")):
+        try:
+            recorded.add(load_record(path).reward_judge_sha256)
+        except RecordError:  # a damaged record is its own cell's error, reported when that cell is reached
+            continue
+    recorded.discard(None)
     if mine is not None and recorded and mine not in recorded:
         raise DataError(f"{spec.model}: this reward judge (weights {mine[:12]}) is not the one the cells in {results} were "
                         f"trained against ({', '.join(sorted(k[:12] for k in recorded))}); restore that judge (a copy is "

@@ -26,7 +26,7 @@ from PIL import Image
 from focusdiff.errors import FocusdiffError
 from focusdiff.judge.base import Judge, JudgeFailure
 from focusdiff.model.policy import Policy
-from focusdiff.model.sampler import SamplingConfig, decode_tokens, encode_images, sample, token_logprobs
+from focusdiff.model.sampler import SamplingConfig, decode_tokens, encode_images, sample
 from focusdiff.train.items import TrainItem, derived_seed
 from focusdiff.train.objective import group_advantages, max_variance_subset
 
@@ -42,7 +42,9 @@ class ItemExperience:
     injected: bool
     prompts: list[str]  # per image
     tokens: torch.Tensor  # (n, N)
-    sampler_logp: torch.Tensor  # (n, N) log-probs from the sampler (teacher-forced for real images)
+    # (n, N) log-probs from the sampler; NaN for real images, which no sampler drew (the loss re-scores
+    # every row; these serve the sampler-vs-loss gap, measured on sampled rows only)
+    sampler_logp: torch.Tensor
     is_real: torch.Tensor  # (n,) bool: injected ground truth
     second: torch.Tensor  # (n,) bool: the image is for the item's second prompt
     images: np.ndarray | None = None  # (n, H, W, 3) decoded from the tokens
@@ -114,9 +116,9 @@ def collect(
         if injected:
             truth = np.stack([load_ground_truth(path, policy.image_size) for path in item.images])
             real_tokens = encode_images(policy, truth)
-            real_prompts = [item.prompts[0], item.prompts[0], item.prompts[1], item.prompts[1]]
             real = torch.stack([real_tokens[0], real_tokens[1], real_tokens[1], real_tokens[0]])  # own, then the other's
-            real_logp = token_logprobs(policy, real_prompts, real, sampling)
+            # no teacher-forced pass here: nothing reads a real image's sampler log-probs (a forward of 4 rows saved)
+            real_logp = torch.full(real.shape, float("nan"))
         tokens, logps, reals, image_prompts, second = [], [], [], [], []
         for p, prompt in enumerate(item.prompts):
             tokens.append(rollout.tokens[row : row + n_sampled])
