@@ -403,7 +403,8 @@ def run_ablate_stage(params_file: Path, seeds: list[int], out: Path, variants: l
                      results=results)
         text = report(results)
         for path in sorted(results.glob("*")):
-            run.log_artifact(path, "ablate")
+            if path.is_file():  # the records and the table (not the reward judge's copy)
+                run.log_artifact(path, "ablate")
     return text
 
 
