@@ -95,6 +95,9 @@ RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
 TABLE_FILE = "table.md"
 JUDGE_COPY = "reward-judge"  # in the results folder: the reward judge its cells were trained against (committed)
 TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
+# evaluation fields added after cells were recorded, with the value that reproduces the earlier protocol:
+# left out of the evaluation key at that value (see train/configs.py's NEUTRAL_WHEN_ADDED for training)
+EVAL_FIELDS_ADDED: dict[tuple[str, str], Any] = {("t2i_compbench", "images_per_prompt"): 10}
 REPEAT_SEED_STRIDE = 100_000  # repeat r draws image k with seed evaluate.seed + r * stride + k: no overlap
 
 
@@ -421,8 +424,11 @@ def _train_key(cfg) -> str:
 def _eval_key(params: Params, spec, repeat: int) -> str:
     """What one score of a trained policy depends on: the evaluation config with this repeat's
     seed, and the judge that scored it."""
-    cfg = _eval_config(params, Path("."), spec, repeat)
-    return _hash(cfg.model_dump(mode="json", exclude={"out", "metrics_dir", "policy"}))
+    cfg = _eval_config(params, Path("."), spec, repeat).model_dump(mode="json", exclude={"out", "metrics_dir", "policy"})
+    for (section, field), neutral in EVAL_FIELDS_ADDED.items():  # at their neutral value, fields added later
+        if cfg[section].get(field) == neutral:                   # keep the keys of the cells scored before them
+            del cfg[section][field]
+    return _hash(cfg)
 
 
 def table(cells: list[Cell], judge: str) -> list[dict[str, Any]]:

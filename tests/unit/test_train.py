@@ -594,6 +594,22 @@ def test_paired_differences_of_ablation_records_by_hand():
         paired_differences(other)
 
 
+def test_evaluation_fields_added_later_keep_the_keys_of_cells_scored_before_them():
+    from focusdiff.config import load_params
+    from focusdiff.judge.spec import JudgeSpec
+    from focusdiff.stages.ablate import EVAL_FIELDS_ADDED, _eval_config, _eval_key, _hash
+
+    params = load_params(REPO / "params.yaml")
+    spec = JudgeSpec(backend="exact")
+    before = _eval_config(params, Path("."), spec, 0).model_dump(mode="json", exclude={"out", "metrics_dir", "policy"})
+    for section, field in EVAL_FIELDS_ADDED:
+        del before[section][field]  # the configuration as it was dumped before the field existed
+    assert _eval_key(params, spec, 0) == _hash(before)
+    fewer = params.evaluate.t2i_compbench.model_copy(update={"images_per_prompt": 2})
+    changed = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"t2i_compbench": fewer})})
+    assert _eval_key(changed, spec, 0) != _eval_key(params, spec, 0)  # another value is another protocol
+
+
 def test_cells_scored_with_different_reward_judges_are_named_under_the_tables(tmp_path):
     from focusdiff.judge.spec import JudgeSpec
     from focusdiff.stages.ablate import CellRecord, judge_fingerprint, judges_note
