@@ -258,9 +258,14 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
                                                   "metrics_dir": run_dir / "metrics"})
             cell = _run_cell(params, judges, wanted, results, run_dir, variant, seed, _train_key(cfg), str(cfg.out), cfg)
             cells += cell
-            log({f"ablate.{variant}.seed{seed}.{k}": v for c in cell for k, v in c.metrics.items()
+            log({f"ablate.{metric_name(variant)}.seed{seed}.{k}": v for c in cell for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
     return cells
+
+
+def metric_name(variant: str) -> str:
+    """The variant as MLflow metric names allow it (no "+": pair-grpo+ema -> pair-grpo_ema)."""
+    return variant.replace("+", "_")
 
 
 def variant_fields(train_cfg, variant: str) -> dict[str, Any]:

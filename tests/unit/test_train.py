@@ -689,6 +689,12 @@ def test_every_ablation_variant_is_a_valid_training_configuration():
     # each option variant is Pair-GRPO with that one option
     for variant in (v for v in VARIANTS if v.startswith("pair-grpo+")):
         assert VARIANTS[variant]["expand_pair_groups"] and VARIANTS[variant]["inject_ground_truth"]
+    # every variant's metric names are ones MLflow accepts (a "+" is refused by the tracking store)
+    from mlflow.utils.validation import _validate_metric_name
+
+    from focusdiff.stages.ablate import metric_name
+    for variant in VARIANTS:
+        _validate_metric_name(f"ablate.{metric_name(variant)}.seed0.paircomp.s_g")
     # each variant names its algorithm as training logs it (tags, registry lineage)
     algorithms = {v: GRPOConfig.model_validate({**train_cfg.model_dump(), **variant_fields(train_cfg, v)}).algorithm
                   for v in ("grpo", "pair-grpo-no-injection", "pair-grpo", "grpo+injection")}
