@@ -161,10 +161,9 @@ def judge_fingerprint(spec: JudgeSpec) -> str | None:
     return _hash({str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
 
 
-def _check_reward_judge(spec: JudgeSpec, results: Path) -> None:
-    """New cells are trained against the reward judge the folder's cells were: a judge re-trained
-    elsewhere has other weights (the judge stage is not bit-reproducible across CPUs)."""
-    mine = judge_fingerprint(spec)
+def _check_reward_judge(spec: JudgeSpec, results: Path, mine: str | None) -> None:
+    """New cells are trained against the reward judge the folder's cells were (`mine`: its
+    fingerprint): a judge re-trained elsewhere has other weights (not bit-reproducible across CPUs)."""
     recorded = set()
     for path in sorted(results.glob("*.json")):
         try:
@@ -242,13 +241,14 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
     holds every score, else trained (if its policy is not here) and scored, its record written."""
     if eval_repeats < 1:
         raise ValueError(f"eval_repeats must be >= 1, got {eval_repeats}")
-    _check_reward_judge(params.train.judge, results)
+    judge_sha256 = judge_fingerprint(params.train.judge)  # once: a real judge's folder is gigabytes
+    _check_reward_judge(params.train.judge, results, judge_sha256)
     judges = {"reward": params.train.judge, "exact": JudgeSpec(backend="exact")}
     if params.train.judges is not None:  # a mixture has no one reward judge to score by: the checker alone
         del judges["reward"]
     wanted = {(name, r): _eval_key(params, spec, r) for name, spec in judges.items() for r in range(eval_repeats)}
     cells = _run_cell(params, judges, wanted, results, out / "base", "base", None,
-                      _hash({"base": params.train.policy}), params.train.policy, None)
+                      _hash({"base": params.train.policy}), params.train.policy, None, judge_sha256)
     cells = [Cell("base", s, c.judge, c.metrics) for s in seeds for c in cells]  # the base is one measurement
     for variant in variants or list(DEFAULT_VARIANTS):
         for seed in seeds:
@@ -256,7 +256,8 @@ def run_ablation(params: Params, seeds: list[int], out: Path, variants: list[str
             cfg = params.train.model_copy(update={**variant_fields(params.train, variant), "seed": seed, "out": run_dir / "policy",
                                                   "checkpoint_dir": run_dir / "checkpoints",
                                                   "metrics_dir": run_dir / "metrics"})
-            cell = _run_cell(params, judges, wanted, results, run_dir, variant, seed, _train_key(cfg), str(cfg.out), cfg)
+            cell = _run_cell(params, judges, wanted, results, run_dir, variant, seed, _train_key(cfg), str(cfg.out), cfg,
+                             judge_sha256)
             cells += cell
             log({f"ablate.{metric_name(variant)}.seed{seed}.{k}": v for c in cell for k, v in c.metrics.items()
                  if k in ("paircomp.s_g", "paircomp.s_a")}, seed)
@@ -279,7 +280,8 @@ def variant_fields(train_cfg, variant: str) -> dict[str, Any]:
 
 
 def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[str, int], str], results: Path,
-              run_dir: Path, variant: str, seed: int | None, train_key: str, policy_dir: str, cfg) -> list[Cell]:
+              run_dir: Path, variant: str, seed: int | None, train_key: str, policy_dir: str, cfg,
+              judge_sha256: str | None) -> list[Cell]:
     """One cell: reuse its record, or train (`cfg`; None for the base) and score what is missing."""
     path = record_path(results, variant, seed)
     saved = _record_for(path, train_key)
@@ -312,7 +314,7 @@ def _run_cell(params: Params, judges: dict[str, JudgeSpec], wanted: dict[tuple[s
             wall["eval_s"] += time.perf_counter() - started
         record = CellRecord(variant=variant, seed=seed, train_key=train_key, evaluations=evaluations, scores=scores,
                             git=git_commit(), wall_s=wall, finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            reward_judge_sha256=judge_fingerprint(params.train.judge))
+                            reward_judge_sha256=judge_sha256)
     if record != saved:
         results.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record.model_dump(mode="json"))

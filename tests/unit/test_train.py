@@ -644,9 +644,9 @@ def test_cells_scored_with_different_reward_judges_are_named_under_the_tables(tm
     (results / "grpo-seed0.json").write_text(record("grpo", 0, first).model_dump_json())
     with pytest.raises(DataError, match=rf"judge: this reward judge \(weights {second[:12]}\) is not the one the cells in "
                                         rf".*results were trained against \({first[:12]}\); restore that judge"):
-        _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results)
+        _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results, second)
     (results / "grpo-seed1.json").write_text(record("grpo", 1, second).model_dump_json())
-    _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results)  # one of the folder's judges
+    _check_reward_judge(JudgeSpec(backend="shapes", model=str(judge)), results, second)  # one of the folder's judges
 
 
 def test_new_training_options_at_their_reference_values_keep_keys_and_identities():
