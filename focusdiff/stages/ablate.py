@@ -60,10 +60,11 @@ from focusdiff.judge.spec import JudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
 from focusdiff.registry.gate import paired_bootstrap
+from focusdiff.keys import without_neutral_additions
 from focusdiff.records import RecordError, validation_error
 from focusdiff.stages.train import build_reward_judges, step_summary
 from focusdiff.tracking import StageRun, git_commit
-from focusdiff.train.configs import CurriculumConfig, LoRAConfig, without_neutral_additions
+from focusdiff.train.configs import NEUTRAL_WHEN_ADDED, CurriculumConfig, LoRAConfig
 from focusdiff.train.trainer import train
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -96,8 +97,8 @@ TABLE_FILE = "table.md"
 JUDGE_COPY = "reward-judge"  # in the results folder: the reward judge its cells were trained against (committed)
 TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
 # evaluation fields added after cells were recorded, with the value that reproduces the earlier protocol:
-# left out of the evaluation key at that value (see train/configs.py's NEUTRAL_WHEN_ADDED for training)
-EVAL_FIELDS_ADDED: dict[tuple[str, str], Any] = {("t2i_compbench", "images_per_prompt"): 10}
+# left out of the evaluation key at that value (train/configs.py's NEUTRAL_WHEN_ADDED does it for training)
+EVAL_FIELDS_ADDED: dict[str, Any] = {"t2i_compbench.images_per_prompt": 10}
 REPEAT_SEED_STRIDE = 100_000  # repeat r draws image k with seed evaluate.seed + r * stride + k: no overlap
 
 
@@ -425,17 +426,14 @@ def _hash(what: Any) -> str:
 def _train_key(cfg) -> str:
     """What a trained policy depends on: its training config (not the code: after changing the
     trainer, delete <out> to measure anew)."""
-    return _hash({"train": without_neutral_additions(cfg.model_dump(mode="json"))})
+    return _hash({"train": without_neutral_additions(cfg.model_dump(mode="json"), NEUTRAL_WHEN_ADDED)})
 
 
 def _eval_key(params: Params, spec, repeat: int) -> str:
     """What one score of a trained policy depends on: the evaluation config with this repeat's
     seed, and the judge that scored it."""
     cfg = _eval_config(params, Path("."), spec, repeat).model_dump(mode="json", exclude={"out", "metrics_dir", "policy"})
-    for (section, field), neutral in EVAL_FIELDS_ADDED.items():  # at their neutral value, fields added later
-        if cfg[section].get(field) == neutral:                   # keep the keys of the cells scored before them
-            del cfg[section][field]
-    return _hash(cfg)
+    return _hash(without_neutral_additions(cfg, EVAL_FIELDS_ADDED))
 
 
 def table(cells: list[Cell], judge: str) -> list[dict[str, Any]]:

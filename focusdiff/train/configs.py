@@ -75,14 +75,9 @@ class LoRAConfig(_Section):
 # Training fields added after runs were checkpointed and ablation cells recorded, with the value
 # that keeps the behaviour from before them: at that value a field is left out of a run's identity
 # (its checkpoints still resume) and of a cell's key (committed records still name their
-# configuration). Any other value is another configuration.
+# configuration; keys.without_neutral_additions). Any other value is another configuration.
 NEUTRAL_WHEN_ADDED: dict[str, Any] = {"judges": None, "advantage_scale": "group", "std_floor": 0.0, "min_group_std": None,
                                       "filter_resamples": 0, "ema_decay": None, "overlap_judging": False}
-
-
-def without_neutral_additions(dump: dict[str, Any]) -> dict[str, Any]:
-    """A GRPOConfig dump less the fields of NEUTRAL_WHEN_ADDED at their neutral values."""
-    return {k: v for k, v in dump.items() if not (k in NEUTRAL_WHEN_ADDED and v == NEUTRAL_WHEN_ADDED[k])}
 
 
 class GRPOConfig(_Section):

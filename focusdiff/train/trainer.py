@@ -44,11 +44,12 @@ from focusdiff.judge.base import Judge
 from focusdiff.model.loading import checkpoint_files, load_policy
 from focusdiff.model.policy import FROZEN_FOR_IMAGE_GENERATION, Policy
 from focusdiff.model.prompting import PromptBatch, build_prompt_batch
+from focusdiff.keys import without_neutral_additions
 from focusdiff.records import file_hashes
 from focusdiff.model.sampler import SamplingConfig, logprobs_from_scores, token_logprobs
 from focusdiff.model.scoring import image_token_scores
 from focusdiff.train import checkpoint
-from focusdiff.train.configs import GRPOConfig, without_neutral_additions
+from focusdiff.train.configs import NEUTRAL_WHEN_ADDED, GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.ema import ParameterEMA
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
@@ -155,7 +156,7 @@ def run_identity(cfg: GRPOConfig, policy_dir: Path | None, reference_dir: Path |
         stats.update(digests)
         return {Path(path).name: d["sha256"] for path, d in digests.items()}
 
-    identity = {"config": without_neutral_additions(cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY)),
+    identity = {"config": without_neutral_additions(cfg.model_dump(mode="json", exclude=_NOT_TRAJECTORY), NEUTRAL_WHEN_ADDED),
                 "policy": content(cfg.policy, policy_dir),
                 "data": hashlib.sha256(data_manifest).hexdigest()}
     if cfg.beta > 0 and cfg.reference is not None:

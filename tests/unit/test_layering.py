@@ -22,7 +22,7 @@ from tests.project import REPO_ROOT
 
 ROOT = REPO_ROOT
 
-UTILITIES = {"errors", "io", "redact", "viz", "progress", "records", "schedule"}
+UTILITIES = {"errors", "io", "redact", "viz", "progress", "records", "schedule", "keys"}
 DOMAIN = {"shapes", "data", "model", "judge", "train", "eval", "registry"}
 
 # layer -> the layers it may import (besides itself). One place; README's Layout shows it.
@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "progress": {"errors"},
     "records": {"errors"},
     "schedule": set(),
+    "keys": set(),
     "tracking_config": set(),  # where MLflow records: a section of its own, torch-free
     "tracking": UTILITIES | {"tracking_config"},
     "versioning": UTILITIES,

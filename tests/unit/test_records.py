@@ -166,3 +166,14 @@ def test_the_cosine_schedule_is_the_bootstrap_trainers_one():
 def test_tracking_does_not_load_the_whole_project_config():
     code = "import sys, focusdiff.tracking; print('focusdiff.config' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_fields_added_later_leave_a_dump_only_at_their_neutral_value():
+    from focusdiff.keys import without_neutral_additions
+
+    neutral = {"ema_decay": None, "t2i.images_per_prompt": 10, "absent.field": 1}
+    dump = {"ema_decay": None, "lr": 1e-5, "t2i": {"images_per_prompt": 10, "seed": 3}}
+    assert without_neutral_additions(dump, neutral) == {"lr": 1e-5, "t2i": {"seed": 3}}
+    assert dump == {"ema_decay": None, "lr": 1e-5, "t2i": {"images_per_prompt": 10, "seed": 3}}  # not changed
+    other = {"ema_decay": 0.99, "t2i": {"images_per_prompt": 2}}  # another value is another configuration
+    assert without_neutral_additions(other, neutral) == other
