@@ -137,8 +137,10 @@ def collect(
             item=item, index=index, injected=injected, prompts=image_prompts, tokens=torch.cat(tokens),
             sampler_logp=torch.cat(logps), is_real=torch.tensor(reals), second=torch.tensor(second),
         ))
-    all_tokens = torch.cat([e.tokens for e in out])
-    images = decode_tokens(policy, all_tokens)
+    # An injected pair's ground truths appear twice (under each prompt): each distinct token
+    # sequence is decoded once (the VQ decode at 384 px is a large share of a rollout's time).
+    distinct, where = torch.unique(torch.cat([e.tokens for e in out]), dim=0, return_inverse=True)
+    images = decode_tokens(policy, distinct)[where.numpy()]
     start = 0
     for e in out:
         e.images = images[start : start + len(e.tokens)]

@@ -29,7 +29,7 @@ from focusdiff.errors import ConfigError, DataError
 from focusdiff.judge.base import ImageLike, Judge, JudgeFailure, Verdict
 from focusdiff.judge.exact import ExactJudge
 from focusdiff.model.loading import load_policy
-from focusdiff.model.sampler import SamplingConfig, encode_images
+from focusdiff.model.sampler import SamplingConfig, decode_tokens, encode_images
 from focusdiff.model.checkpoints import CheckpointError
 from focusdiff.train.configs import GRPOConfig
 from focusdiff.train.items import ItemOrder, global_item_index, train_items
@@ -106,8 +106,15 @@ def policy(world):
 def test_injected_group_holds_samples_then_own_and_other_ground_truth(world, policy):
     items = [i for i in train_items(load_dataset(world / "data")) if i.paired][:2]
     G = 4
-    batch = collect(policy, list(enumerate(items)), G, seed=0, injection_probability=1.0, inject=True,
-                    sampling=SamplingConfig())
+    decoded_rows = []  # what the VQ decoder is given: each distinct token sequence once
+    hook = policy.model.model.vqmodel.decoder.register_forward_hook(lambda m, args, out: decoded_rows.append(len(out)))
+    try:
+        batch = collect(policy, list(enumerate(items)), G, seed=0, injection_probability=1.0, inject=True,
+                        sampling=SamplingConfig())
+    finally:
+        hook.remove()
+    distinct = torch.unique(torch.cat([e.tokens for e in batch]), dim=0)
+    assert sum(decoded_rows) == len(distinct) == 2 * (2 * (G - 2) + 2)  # the two ground truths of a pair once each
     for e in batch:
         assert e.injected and len(e.tokens) == 2 * G and e.prompts == [e.item.prompts[0]] * G + [e.item.prompts[1]] * G
         truth = encode_images(policy, np.stack([load_ground_truth(p, policy.image_size) for p in e.item.images]))
@@ -116,6 +123,9 @@ def test_injected_group_holds_samples_then_own_and_other_ground_truth(world, pol
         assert torch.equal(e.tokens[2], truth[0]) and torch.equal(e.tokens[3], truth[1])
         assert torch.equal(e.tokens[6], truth[1]) and torch.equal(e.tokens[7], truth[0])
         assert e.images.shape == (2 * G, policy.image_size, policy.image_size, 3)
+        assert np.array_equal(e.images[2], e.images[7]) and np.array_equal(e.images[3], e.images[6])
+        alone = decode_tokens(policy, e.tokens[:1]).astype(int)  # each row is its tokens' image (decoded in
+        assert np.abs(e.images[:1] - alone).max() <= 1        # another batch: rounding may differ by one level)
     never = collect(policy, list(enumerate(items)), G, seed=0, injection_probability=0.0, inject=True,
                     sampling=SamplingConfig())
     assert not any(e.injected or e.is_real.any() for e in never)
