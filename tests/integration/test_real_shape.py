@@ -35,6 +35,8 @@ from tests.project import REPO_ROOT
 from tests.tiny_models import save_tiny_llava
 
 pytestmark = pytest.mark.slow
+# the tests that share `real_world` (a 1B-shaped policy written to disk) run on one xdist worker
+real_world_worker = pytest.mark.xdist_group("real-shape")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,7 @@ def real_world(tmp_path_factory) -> Path:
     return root
 
 
+@real_world_worker
 def test_the_real_shape_policy_loads_as_janus_pro_1b(real_world):
     policy = load_policy(str(real_world / "policy"))
     assert policy.num_image_tokens == 576 and policy.image_size == 384
@@ -56,6 +59,7 @@ def test_the_real_shape_policy_loads_as_janus_pro_1b(real_world):
     assert policy.tokenizer.convert_tokens_to_ids(policy.tokenizer.boi_token) == 100016
 
 
+@real_world_worker
 def test_one_pair_grpo_step_with_injection_at_576_tokens(real_world, tmp_path):
     cfg = GRPOConfig(
         policy=str(real_world / "policy"), data=real_world / "data",
