@@ -388,11 +388,10 @@ class Trainer:
 
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
-            timing = defaultdict(float)
+            tally = StepTally()
+            timing, group_counts = tally.seconds, tally.groups
             p_inject = injection_probability(step, cfg.curriculum) if cfg.inject_ground_truth else 0.0
             micro_batches: list[list[ItemExperience]] = []
-            dropped = 0
-            group_counts: dict[str, float] = defaultdict(float)
             judging = None  # with overlap_judging: (micro-batch, its judge's future)
             for micro in range(cfg.grad_accum):
                 slots = [global_item_index(step, micro, rank, j, cfg.grad_accum, world, cfg.items_per_micro_batch)
@@ -405,21 +404,21 @@ class Trainer:
                 scored = None
                 if judging is not None:  # the previous micro-batch, scored while this one was sampled
                     scored, future = judging
-                    dropped += _await_judge(future, timing)
+                    tally.dropped += _await_judge(future, timing)
                 if self._judge_pool is not None:  # this one is scored while the previous is prepared, the next sampled
                     judging = (batch, self._judge_pool.submit(_timed_reward, batch, self.judges, cfg.on_judge_failure))
                 else:
                     t = time.perf_counter()
-                    dropped += reward(batch, self.judges, cfg.on_judge_failure)
+                    tally.dropped += reward(batch, self.judges, cfg.on_judge_failure)
                     timing["judge"] += time.perf_counter() - t
                     scored = batch
                 if scored is not None:
-                    dropped += self._prepare(scored, group_counts, timing, p_inject)
+                    tally.dropped += self._prepare(scored, group_counts, timing, p_inject)
                     micro_batches.append(scored)
             if self._judge_pool is not None:
                 scored, future = judging
-                dropped += _await_judge(future, timing)
-                dropped += self._prepare(scored, group_counts, timing, p_inject)
+                tally.dropped += _await_judge(future, timing)
+                tally.dropped += self._prepare(scored, group_counts, timing, p_inject)
                 micro_batches.append(scored)
 
             # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
@@ -438,7 +437,6 @@ class Trainer:
             kept_here = sum(e.trains for batch in micro_batches for e in batch)
             kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
             lr = learning_rate(step, cfg.steps, cfg.lr)
-            stats = defaultdict(float)
             for update in range(cfg.updates_per_batch if kept else 0):  # every item dropped: no reward, no update
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -460,19 +458,17 @@ class Trainer:
                                 # above; its norm is known only after its step
                                 norm = scorer.get_global_grad_norm()
                                 check_gradient_norm(step, float(norm))
-                            stats["grad_norm"] += float(norm)
+                            tally.losses["grad_norm"] += float(norm)
                             if self.ema is not None:
                                 self.ema.update(trainable)
                     timing["backward"] += time.perf_counter() - t
-                    stats["loss"] += float(parts.loss.detach())
-                    stats["kl"] += float(parts.kl)
-                    stats["clip_fraction"] += float(parts.clip_fraction)
-                    stats["kl_capped_fraction"] += float(parts.kl_capped_fraction)
+                    tally.losses["loss"] += float(parts.loss.detach())
+                    tally.losses["kl"] += float(parts.kl)
+                    tally.losses["clip_fraction"] += float(parts.clip_fraction)
+                    tally.losses["kl_capped_fraction"] += float(parts.kl_capped_fraction)
                     if gap is not None:
-                        stats["logprob_gap"] += gap
-            metrics = _step_metrics(accelerator, micro_batches, stats, cfg, dropped, group_counts, timing,
-                                    time.perf_counter() - t_step,
-                                    updated=kept > 0)
+                        tally.losses["logprob_gap"] += gap
+            metrics = _step_metrics(accelerator, cfg, micro_batches, tally, time.perf_counter() - t_step, updated=kept > 0)
             metrics.update({"train/lr": lr, "train/injection_probability": p_inject})
             totals["injected_items"] += int(metrics["train/injected_items"])
             totals["dropped_items"] += int(metrics["train/dropped_items"])
@@ -621,13 +617,23 @@ def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: 
     return parts, gap
 
 
-def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: int, group_counts, timing,
+@dataclass
+class StepTally:
+    """What one step counted on this process, for its metrics."""
+
+    dropped: int = 0  # items the judge could not score (on_judge_failure: drop) or filtering took out
+    groups: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # groups, zero_std_groups, filtered_groups, ...
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # rollout, judge, logprobs, backward, ...
+    losses: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # summed over updates: loss, kl, grad_norm, ...
+
+
+def _step_metrics(accelerator, cfg: GRPOConfig, micro_batches: list[list[ItemExperience]], tally: StepTally,
                   wall: float, updated: bool) -> dict[str, float]:
     """Per-step metrics, summed over processes: rewards of sampled images (overall and per
     category), of injected ground truths, KL, clipping, counts, time split, throughput. A step
     that made no update (every item dropped) has no rewards, KL, clipping or gradient norm:
     it logs its counts and times only, never a 0 standing for "nothing"."""
-    sums: dict[str, float] = defaultdict(float, group_counts)
+    sums: dict[str, float] = defaultdict(float, tally.groups)
     for batch in micro_batches:
         for e in batch:
             sums["items"] += 1
@@ -646,15 +652,15 @@ def _step_metrics(accelerator, micro_batches, stats, cfg: GRPOConfig, dropped: i
             if e.injected:
                 sums["real_sum"] += float(e.real_rewards.sum())
                 sums["real_n"] += len(e.real_rewards)
-    sums["dropped"] = dropped
+    sums["dropped"] = tally.dropped
     sums["images"] = sum(len(e.tokens) for b in micro_batches for e in b)
     sums["sampled_images"] = sum(int((~e.is_real).sum()) if e.sampled_rewards is None else len(e.sampled_rewards)
                                  for b in micro_batches for e in b)
     per_update = cfg.updates_per_batch * cfg.grad_accum
     for k in ("loss", "kl", "clip_fraction", "kl_capped_fraction", "logprob_gap"):
-        sums[k] = stats.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
-    sums["grad_norm"] = stats.get("grad_norm", 0.0) / cfg.updates_per_batch
-    sums.update({f"time_{k}": v for k, v in timing.items()})
+        sums[k] = tally.losses.get(k, 0.0) / (per_update if k != "logprob_gap" else cfg.grad_accum)
+    sums["grad_norm"] = tally.losses.get("grad_norm", 0.0) / cfg.updates_per_batch
+    sums.update({f"time_{k}": v for k, v in tally.seconds.items()})
     sums["wall"] = wall
     if accelerator.num_processes > 1:  # processes may have seen different categories
         keys = sorted({k for ks in gather_object([sorted(sums)]) for k in ks})
