@@ -199,6 +199,7 @@ def _assert_artifacts(client: Any, run_id: str, dst: Path, manifest: dict[str, A
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a hang detector, not a speed bound: ~4 min on 2 cores beside another test worker
 def test_flow_embedded_default(run_flow: Any, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
