@@ -305,12 +305,11 @@ class Trainer:
                   "starting from step 0")
         return Start(abandoned_run_id=state.get("mlflow_run_id") or previous_run, moved_to=moved)
 
-    def _filter_groups(self, batch: list[ItemExperience], counts: dict[str, float], timing: dict[str, float],
-                       p_inject: float) -> int:
+    def _filter_groups(self, batch: list[ItemExperience], tally: StepTally, p_inject: float) -> None:
         """Group filtering, in place: items with a low-spread group are drawn again (up to
-        `filter_resamples` times), then low-spread groups leave the loss. Returns the items the
-        judge could not score on a redraw (dropped, as on the first draw)."""
-        cfg, dropped = self.cfg, 0
+        `filter_resamples` times), then low-spread groups leave the loss. Items the judge could not
+        score on a redraw count as dropped, as on the first draw."""
+        cfg = self.cfg
         for attempt in range(1, cfg.filter_resamples + 1):
             again = [i for i, e in enumerate(batch)
                      if e.dropped is None and low_spread_groups(e, cfg.expand_pair_groups, cfg.min_group_std)]
@@ -321,33 +320,31 @@ class Trainer:
                 redrawn = collect(self.policy, [(batch[i].index, batch[i].item) for i in again],
                                   cfg.rollouts_per_prompt or cfg.group_size, cfg.seed, p_inject, cfg.inject_ground_truth,
                                   cfg.sampling, attempt=attempt)
-            timing["rollout"] += time.perf_counter() - t
+            tally.seconds["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
-            dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
-            timing["judge"] += time.perf_counter() - t
+            tally.dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
+            tally.seconds["judge"] += time.perf_counter() - t
             for i, e in zip(again, redrawn):
                 if e.dropped is None:
                     downsample(e, cfg.group_size, cfg.expand_pair_groups)
                 batch[i] = e
-            counts["resampled_items"] += len(again)
+            tally.groups["resampled_items"] += len(again)
         for e in batch:
             if e.dropped is None:
-                counts["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
-        return dropped
+                tally.groups["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
 
-    def _prepare(self, batch: list[ItemExperience], group_counts: dict[str, float], timing: dict[str, float],
-                 p_inject: float) -> int:
+    def _prepare(self, batch: list[ItemExperience], tally: StepTally, p_inject: float) -> None:
         """A scored micro-batch, ready for the loss: down-sampled, its groups counted (and filtered),
-        its reference (and old) log-probs computed. Returns the items dropped on a redraw."""
-        cfg, policy, sampling, dropped = self.cfg, self.policy, self.cfg.sampling, 0
+        its reference (and old) log-probs computed; items dropped on a redraw are tallied."""
+        cfg, policy, sampling = self.cfg, self.policy, self.cfg.sampling
         for e in batch:
             if e.dropped is None:
                 downsample(e, cfg.group_size, cfg.expand_pair_groups)
                 # the policy's own draw: how many of its groups carry no signal at all
-                group_counts["groups"] += len(reward_groups(e, cfg.expand_pair_groups))
-                group_counts["zero_std_groups"] += len(low_spread_groups(e, cfg.expand_pair_groups, ZERO_STD))
+                tally.groups["groups"] += len(reward_groups(e, cfg.expand_pair_groups))
+                tally.groups["zero_std_groups"] += len(low_spread_groups(e, cfg.expand_pair_groups, ZERO_STD))
         if cfg.min_group_std is not None:
-            dropped += self._filter_groups(batch, group_counts, timing, p_inject)
+            self._filter_groups(batch, tally, p_inject)
         t = time.perf_counter()
         for e in batch:
             with torch.no_grad():  # a dropped item's too: see _micro_batch_loss
@@ -356,8 +353,7 @@ class Trainer:
                 if cfg.updates_per_batch > 1:
                     with full_parameters(self.accelerator, policy.model):
                         e.extra["old_logp"] = token_logprobs(policy, e.prompts, e.tokens, sampling, cfg.logprob_form)
-        timing["logprobs"] += time.perf_counter() - t
-        return dropped
+        tally.seconds["logprobs"] += time.perf_counter() - t
 
     def reference_logprobs(self, prompts: list[str], tokens: torch.Tensor) -> torch.Tensor:
         """The KL reference's log-probs: the frozen reference copy, or under LoRA the policy with
@@ -389,7 +385,6 @@ class Trainer:
         for step in range(start, cfg.steps):
             t_step = time.perf_counter()
             tally = StepTally()
-            timing, group_counts = tally.seconds, tally.groups
             p_inject = injection_probability(step, cfg.curriculum) if cfg.inject_ground_truth else 0.0
             micro_batches: list[list[ItemExperience]] = []
             judging = None  # with overlap_judging: (micro-batch, its judge's future)
@@ -400,25 +395,25 @@ class Trainer:
                 with full_parameters(accelerator, policy.model):
                     batch = collect(policy, [(k, items[order(k)]) for k in slots], cfg.rollouts_per_prompt or cfg.group_size,
                                     cfg.seed, p_inject, cfg.inject_ground_truth, sampling)
-                timing["rollout"] += time.perf_counter() - t
+                tally.seconds["rollout"] += time.perf_counter() - t
                 scored = None
                 if judging is not None:  # the previous micro-batch, scored while this one was sampled
                     scored, future = judging
-                    tally.dropped += _await_judge(future, timing)
+                    _await_judge(future, tally)
                 if self._judge_pool is not None:  # this one is scored while the previous is prepared, the next sampled
                     judging = (batch, self._judge_pool.submit(_timed_reward, batch, self.judges, cfg.on_judge_failure))
                 else:
                     t = time.perf_counter()
                     tally.dropped += reward(batch, self.judges, cfg.on_judge_failure)
-                    timing["judge"] += time.perf_counter() - t
+                    tally.seconds["judge"] += time.perf_counter() - t
                     scored = batch
                 if scored is not None:
-                    tally.dropped += self._prepare(scored, group_counts, timing, p_inject)
+                    self._prepare(scored, tally, p_inject)
                     micro_batches.append(scored)
             if self._judge_pool is not None:
                 scored, future = judging
-                tally.dropped += _await_judge(future, timing)
-                tally.dropped += self._prepare(scored, group_counts, timing, p_inject)
+                _await_judge(future, tally)
+                self._prepare(scored, tally, p_inject)
                 micro_batches.append(scored)
 
             # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
@@ -461,7 +456,7 @@ class Trainer:
                             tally.losses["grad_norm"] += float(norm)
                             if self.ema is not None:
                                 self.ema.update(trainable)
-                    timing["backward"] += time.perf_counter() - t
+                    tally.seconds["backward"] += time.perf_counter() - t
                     tally.losses["loss"] += float(parts.loss.detach())
                     tally.losses["kl"] += float(parts.kl)
                     tally.losses["clip_fraction"] += float(parts.clip_fraction)
@@ -534,15 +529,16 @@ def _directory_of(policy: Policy) -> Path | None:
     return Path(name) if name and Path(name).is_dir() else None
 
 
-def _await_judge(future, timing: dict[str, float]) -> int:
-    """The items a micro-batch's judge dropped, once it is done (overlap_judging): `time/judge_s`
-    is the wait, `time/judge_overlap_s` the judge's time hidden behind sampling and preparing."""
+def _await_judge(future, tally: StepTally) -> None:
+    """Tallies the items a micro-batch's judge dropped, once it is done (overlap_judging):
+    `time/judge_s` is the wait, `time/judge_overlap_s` the judge's time hidden behind sampling
+    and preparing."""
     t = time.perf_counter()
     dropped, judge_seconds = future.result()  # a judge failure raises here, as it would inline
     waited = time.perf_counter() - t
-    timing["judge"] += waited
-    timing["judge_overlap"] += max(judge_seconds - waited, 0.0)
-    return dropped
+    tally.dropped += dropped
+    tally.seconds["judge"] += waited
+    tally.seconds["judge_overlap"] += max(judge_seconds - waited, 0.0)
 
 
 def reward_judges(cfg: GRPOConfig, judge: Judge | Mapping[str, Judge]) -> dict[str, tuple[Judge, float]]:
