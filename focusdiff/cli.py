@@ -351,20 +351,26 @@ def submit_training(
 def ablate(
     params: ParamsOpt = Path("params.yaml"),
     seeds: Annotated[list[int], typer.Option("--seed", help="training seeds (repeat; >= 3 for the table)")] = [0, 1, 2],
-    variant: Annotated[Optional[list[str]], typer.Option(help="grpo, pair-grpo-no-injection, pair-grpo (the default: these three), pair-grpo-lora, pair-grpo+batch-std, pair-grpo+std-floor, pair-grpo+filter, pair-grpo+filter-resample, pair-grpo+ema")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="a variant of VARIANTS in focusdiff/stages/ablate.py (repeat; default: grpo, pair-grpo-no-injection, pair-grpo); an unknown name is refused with the list")] = None,
     out: Annotated[Path, typer.Option(help="trained policies and their images (scratch, not committed)")] = Path("outputs/ablate"),
     results: Annotated[Path, typer.Option(help="one committed record per cell (scores, configuration hash, git "
                                                "commit, wall time) and table.md")] = Path("results/ablation"),
     eval_repeats: Annotated[int, typer.Option(min=1, help="PairComp draws per policy, averaged (one draw's s_g is noisy)")] = 3,
     report: Annotated[bool, typer.Option("--report", help="only rebuild the tables from the records in --results")] = False,
+    add_pair_means: Annotated[bool, typer.Option("--add-pair-means", help="fill in the per-pair a (for s_a's paired "
+                                                 "differences) of records written without it, from their evaluations "
+                                                 "still under --out, then rebuild the tables")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-S", help="dotted.key=value override (full key, as dvc exp run -S: train.beta=0.05)")] = None,
 ) -> None:
     """Base vs vanilla GRPO vs Pair-GRPO without injection vs Pair-GRPO at an equal rollout budget,
     over seeds; PairComp s_a/s_g by the reward judge and by the exact checker. Runs cell by cell
     (`--variant grpo --seed 0` is one cell); a cell whose record holds every score is skipped."""
-    if report:
+    if report or add_pair_means:
+        from focusdiff.stages.ablate import add_pair_means as fill_pair_means
         from focusdiff.stages.ablate import report as rebuild_tables
 
+        if add_pair_means:
+            console.print(f"filled in per-pair a: {', '.join(fill_pair_means(results, out)) or 'none'}")
         console.print(rebuild_tables(results))
         console.print(f"wrote {results / 'table.md'}")
         return

@@ -120,6 +120,9 @@ class Score(BaseModel):
     pairs_sha256: str  # of the suite's (category, caption1, caption2) list
     categories: list[str]  # each pair's category, in order
     g: list[float]  # each pair's geometric mean of its 4 images' scores
+    # each pair's arithmetic mean of its 4 images' scores (s_a's, pair by pair); None in records
+    # written before 2026-12-07, which kept g only (`focusdiff ablate --add-pair-means` fills it in)
+    a: list[float] | None = None
 
 
 class CellRecord(BaseModel):
@@ -145,11 +148,13 @@ class CellRecord(BaseModel):
                      _mean([self.scores[k].metrics for k in keys])) for judge, keys in self.evaluations.items()]
 
     def pair_scores(self, judge: str) -> Score:
-        """The judge's per-pair g_i, averaged over its repeats (one suite: the repeats draw other images)."""
+        """The judge's per-pair g_i and a_i, averaged over its repeats (one suite: the repeats draw
+        other images); a is None unless every repeat kept it."""
         scores = [self.scores[k] for k in self.evaluations[judge]]
         if len({s.pairs_sha256 for s in scores}) != 1:
             raise DataError(f"{self.variant} seed {self.seed}: its {judge} repeats were scored on different pair suites")
-        return scores[0].model_copy(update={"g": [float(v) for v in np.mean([s.g for s in scores], axis=0)]})
+        a = None if any(s.a is None for s in scores) else [float(v) for v in np.mean([s.a for s in scores], axis=0)]
+        return scores[0].model_copy(update={"g": [float(v) for v in np.mean([s.g for s in scores], axis=0)], "a": a})
 
 
 def judge_fingerprint(spec: JudgeSpec) -> str | None:
@@ -207,9 +212,12 @@ def _paircomp(params: Params, policy, policy_dir: str, out: Path, evaluator, rep
     cfg = _eval_config(params, out, evaluator, repeat).model_copy(update={"policy": policy_dir})
     result = run_paircomp(cfg, policy, lambda n: None)
     rows = [json.loads(line) for line in (result.folder / "pairs.jsonl").read_text("utf-8").splitlines()]
-    suite = [[r["category"], r["caption1"], r["caption2"]] for r in rows]
-    return Score(metrics=result.metrics, pairs_sha256=_hash(suite), categories=[r["category"] for r in rows],
-                 g=[round(float(r["g"]), 6) for r in rows])
+    return Score(metrics=result.metrics, pairs_sha256=_suite_hash(rows), categories=[r["category"] for r in rows],
+                 g=[round(float(r["g"]), 6) for r in rows], a=[round(float(r["a"]), 6) for r in rows])
+
+
+def _suite_hash(rows: list[dict[str, Any]]) -> str:
+    return _hash([[r["category"], r["caption1"], r["caption2"]] for r in rows])
 
 
 def score_policy(params: Params, policy_dir: str, out: Path, evaluators: dict[str, JudgeSpec],
@@ -331,9 +339,19 @@ def report(results: Path = RESULTS) -> str:
     order = {v: i for i, v in enumerate(["base", *VARIANTS])}
     records.sort(key=lambda r: (order.get(r.variant, len(order)), r.variant, r.seed if r.seed is not None else -1))
     cells = [c for r in records for c in r.cells()]
-    text = markdown(cells) + "\n" + differences_markdown(paired_differences(records)) + judges_note(records)
+    text = (markdown(cells) + "\n" + differences_markdown(paired_differences(records)) + "\n"
+            + differences_markdown(paired_differences(records, "a"), "a") + pair_means_note(records) + judges_note(records))
     atomic_write_text(results / TABLE_FILE, text + "\n")
     return text
+
+
+def pair_means_note(records: list[CellRecord]) -> str:
+    """A line under the s_a differences naming the cells they leave out (no per-pair a kept)."""
+    missing = missing_pair_means(records)
+    if not missing:
+        return ""
+    return ("\n**s_a differences leave out** the cells recorded before per-pair a was kept (their policies are gone): "
+            + ", ".join(missing) + "\n")
 
 
 def judges_note(records: list[CellRecord]) -> str:
@@ -352,11 +370,15 @@ REFERENCES = ("base", "grpo", "pair-grpo")  # what each variant is compared with
 DIFFERENCE_RESAMPLES = 2000
 
 
-def paired_differences(records: list[CellRecord]) -> dict[tuple[str, str, str], tuple[float, float, float]]:
-    """(judge, variant, reference) -> s_g(variant) - s_g(reference) with its 95% interval, pair by
-    pair on the same test pairs: each pair's g_i averaged over a variant's seeds and repeats, then
-    the gate's paired bootstrap (pairs resampled within their category; registry/gate.py). The
-    spread over training seeds is the tables' ± std; this interval is the evaluation's."""
+def paired_differences(records: list[CellRecord], measure: str = "g") -> dict[tuple[str, str, str], tuple[float, float, float]]:
+    """(judge, variant, reference) -> s_g(variant) - s_g(reference) (measure "g"; "a": s_a) with its
+    95% interval, pair by pair on the same test pairs: each pair's g_i (a_i) averaged over a
+    variant's seeds and repeats, then the gate's paired bootstrap (pairs resampled within their
+    category; registry/gate.py). The spread over training seeds is the tables' ± std; this
+    interval is the evaluation's. For "a", a variant's records without per-pair a (written before
+    it was kept) are left out, and a variant with none is not compared (`missing_pair_means`)."""
+    if measure not in ("g", "a"):
+        raise ValueError(f"measure must be 'g' or 'a', got {measure!r}")
     by_variant: dict[str, list[CellRecord]] = {}
     for record in records:
         by_variant.setdefault(record.variant, []).append(record)
@@ -366,11 +388,12 @@ def paired_differences(records: list[CellRecord]) -> dict[tuple[str, str, str], 
         suites = set()
         for variant, mine in by_variant.items():
             scores = [r.pair_scores(judge) for r in mine if judge in r.evaluations]
-            if not scores:
-                continue
             suites |= {sc.pairs_sha256 for sc in scores}
-            mean_g = np.mean([sc.g for sc in scores], axis=0)
-            pairs[variant] = {str(i): (cat, float(g)) for i, (cat, g) in enumerate(zip(scores[0].categories, mean_g))}
+            values = [getattr(sc, measure) for sc in scores if getattr(sc, measure) is not None]
+            if not values:
+                continue
+            mean = np.mean(values, axis=0)
+            pairs[variant] = {str(i): (cat, float(v)) for i, (cat, v) in enumerate(zip(scores[0].categories, mean))}
         if len(suites) > 1:
             raise DataError(f"the {judge} scores of these records were measured on {len(suites)} different pair suites; "
                             "only cells measured on one suite can be compared pair by pair")
@@ -384,13 +407,19 @@ def paired_differences(records: list[CellRecord]) -> dict[tuple[str, str, str], 
     return out
 
 
-def differences_markdown(diffs: dict[tuple[str, str, str], tuple[float, float, float]]) -> str:
+def missing_pair_means(records: list[CellRecord]) -> list[str]:
+    """The cells whose exact-checker scores have no per-pair a (left out of the s_a differences)."""
+    return [r.variant if r.seed is None else f"{r.variant} seed {r.seed}" for r in records
+            if "exact" in r.evaluations and r.pair_scores("exact").a is None]
+
+
+def differences_markdown(diffs: dict[tuple[str, str, str], tuple[float, float, float]], measure: str = "g") -> str:
     """The paired differences as one table: a row per variant, a column per judge and reference."""
     columns = [(j, r) for j in ("exact", "reward") for r in REFERENCES if any(k[0] == j and k[2] == r for k in diffs)]
     if not columns:
         return ""
     label = {"exact": "exact checker", "reward": "reward judge"}
-    lines = ["**s_g difference, pair by pair (95% interval of the paired bootstrap)**", "",
+    lines = [f"**s_{measure} difference, pair by pair (95% interval of the paired bootstrap)**", "",
              "| variant | " + " | ".join(f"vs {r} ({label[j]})" for j, r in columns) + " |",
              "|" + "---|" * (len(columns) + 1)]
     for variant in dict.fromkeys(k[1] for k in diffs):
@@ -398,6 +427,36 @@ def differences_markdown(diffs: dict[tuple[str, str, str], tuple[float, float, f
         lines.append(f"| {variant} | " + " | ".join(f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]" if d else "" for d in cells)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def add_pair_means(results: Path, out: Path) -> list[str]:
+    """Fills in the per-pair a of records written before it was kept, from the exact checker's
+    first-repeat evaluation still under `out` (<out>/<cell>/eval/paircomp/pairs.jsonl), when that
+    file is the one the record scored: the same suite and every pair's g equal to 1e-6. Returns
+    the cells filled in; a cell whose files are gone or differ is left as it is and named."""
+    filled = []
+    for path in sorted(results.glob("*.json")):
+        record = load_record(path)
+        keys = record.evaluations.get("exact", [])
+        if not keys or record.scores[keys[0]].a is not None:
+            continue
+        name = record.variant if record.seed is None else f"{record.variant}-seed{record.seed}"
+        pairs_file = out / name / "eval" / "paircomp" / "pairs.jsonl"
+        score = record.scores[keys[0]]
+        if not pairs_file.is_file():
+            print(f"{path}: no {pairs_file}; its per-pair a stays unknown")
+            continue
+        rows = [json.loads(line) for line in pairs_file.read_text("utf-8").splitlines()]
+        same = (_suite_hash(rows) == score.pairs_sha256
+                and np.allclose([float(r["g"]) for r in rows], score.g, rtol=0, atol=1e-6))
+        if not same:
+            print(f"{path}: {pairs_file} is not the evaluation it recorded (another suite or other g); left as it is")
+            continue
+        scores = dict(record.scores)
+        scores[keys[0]] = score.model_copy(update={"a": [round(float(r["a"]), 6) for r in rows]})
+        atomic_write_json(path, record.model_copy(update={"scores": scores}).model_dump(mode="json"))
+        filled.append(name)
+    return filled
 
 
 def run_ablate_stage(params_file: Path, seeds: list[int], out: Path, variants: list[str] | None = None,

@@ -540,6 +540,9 @@ def test_ablation_runs_cell_by_cell_and_its_records_rebuild_the_tables(world, tm
     assert rebuilt.startswith(text)
     # and each variant's paired difference to the base and to vanilla GRPO, with its interval
     assert "**s_g difference, pair by pair (95% interval of the paired bootstrap)**" in rebuilt
+    assert "**s_a difference, pair by pair" in rebuilt and "s_a differences leave out" not in rebuilt  # new records keep a
+    exact = record.scores[record.evaluations["exact"][0]]
+    assert exact.a is not None and len(exact.a) == len(exact.g) and all(a >= g for a, g in zip(exact.a, exact.g))
     assert re.search(r"^\| pair-grpo \| [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\] \| ", rebuilt, re.MULTILINE), rebuilt
     assert "| vs base (exact checker) | vs grpo (exact checker) |" in rebuilt
     assert [r["variant"] for r in table([c for p in sorted(results.glob("*.json")) for c in load_record(p).cells()],
@@ -580,7 +583,7 @@ def test_ablation_runs_cell_by_cell_and_its_records_rebuild_the_tables(world, tm
 
 def test_paired_differences_of_ablation_records_by_hand():
     """Per pair, g_i averaged over a variant's seeds; the difference is a mean of category means."""
-    from focusdiff.stages.ablate import CellRecord, Score, differences_markdown, paired_differences
+    from focusdiff.stages.ablate import CellRecord, Score, differences_markdown, missing_pair_means, paired_differences
 
     def record(variant, seed, g):
         score = Score(metrics={"paircomp.s_g": 100 * float(np.mean(g))}, pairs_sha256="suite",
@@ -602,6 +605,46 @@ def test_paired_differences_of_ablation_records_by_hand():
         metrics={}, pairs_sha256="another", categories=["color", "color", "text"], g=[0.1, 0.1, 0.1])}})]
     with pytest.raises(DataError, match="2 different pair suites"):
         paired_differences(other)
+    # s_a pair by pair: only records that kept per-pair a; grpo seed 1 did not, so grpo is seed 0 alone
+    with_a = [r.model_copy(update={"scores": {"e": r.scores["e"].model_copy(update={"a": a})}}) if a else r
+              for r, a in zip(records, ([0.5, 0.5, 0.75], [0.5, 0.75, 0.75], None, [1.0, 0.5, 1.0]))]
+    diffs_a = paired_differences(with_a, "a")
+    # pair-grpo - grpo seed 0: color +0.5, -0.25 -> +0.125; text +0.25 -> 100 * (0.125 + 0.25) / 2 = 18.75
+    assert diffs_a["exact", "pair-grpo", "grpo"][0] == pytest.approx(18.75)
+    assert diffs_a["exact", "grpo", "base"][0] == pytest.approx(100 * (0.125 + 0.0) / 2)
+    assert missing_pair_means(with_a) == ["grpo seed 1"]
+    assert "**s_a difference" in differences_markdown(diffs_a, "a")
+    assert paired_differences(records, "a") == {}  # no record kept a: nothing to compare
+    with pytest.raises(ValueError, match="measure must be 'g' or 'a', got 's_g'"):
+        paired_differences(records, "s_g")
+
+
+def test_pair_means_are_filled_in_only_from_the_evaluation_a_record_scored(tmp_path, capsys):
+    """`ablate --add-pair-means`: a record's per-pair a comes from its cell's pairs.jsonl when that
+    file has the record's suite and g; another evaluation (other g) is named and left alone."""
+    from focusdiff.stages.ablate import CellRecord, Score, _suite_hash, add_pair_means, load_record
+
+    rows = [{"category": "color", "caption1": f"a{i}", "caption2": f"b{i}", "g": g, "a": a}
+            for i, (g, a) in enumerate([(0.0, 0.5), (1.0, 1.0)])]
+    results, out = tmp_path / "results", tmp_path / "out"
+    results.mkdir()
+    for variant, g in (("grpo", [0.0, 1.0]), ("pair-grpo", [0.0, 0.0])):
+        score = Score(metrics={}, pairs_sha256=_suite_hash(rows), categories=["color", "color"], g=g)
+        record = CellRecord(variant=variant, seed=0, train_key="k", evaluations={"exact": ["e"]}, scores={"e": score},
+                            git={}, wall_s={"train_s": 0.0, "eval_s": 0.0}, finished_at="2026-12-06T00:00:00Z")
+        (results / f"{variant}-seed0.json").write_text(record.model_dump_json())
+        (out / f"{variant}-seed0" / "eval" / "paircomp").mkdir(parents=True)
+        (out / f"{variant}-seed0" / "eval" / "paircomp" / "pairs.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    (results / "pair-grpo-lora-seed0.json").write_text(
+        record.model_copy(update={"variant": "pair-grpo-lora"}).model_dump_json())  # its outputs are gone
+    assert add_pair_means(results, out) == ["grpo-seed0"]
+    assert load_record(results / "grpo-seed0.json").scores["e"].a == [0.5, 1.0]
+    assert load_record(results / "pair-grpo-seed0.json").scores["e"].a is None  # other g: not its evaluation
+    said = capsys.readouterr().out
+    assert "pair-grpo-lora-seed0.json: no " in said and "its per-pair a stays unknown" in said
+    assert "pair-grpo-seed0.json: " in said and "is not the evaluation it recorded (another suite or other g)" in said
+    assert add_pair_means(results, out) == []  # nothing left that can be filled in
 
 
 def test_evaluation_fields_added_later_keep_the_keys_of_cells_scored_before_them():
