@@ -111,7 +111,7 @@ def baseline(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
                            lambda params: params.evaluate.metrics_dir / "baseline.json")
 
 
-@task(name="train: Pair-GRPO")
+@task(name="train: GRPO or Pair-GRPO (params.yaml train)")
 def train(project_dir: str, pipeline_run_id: str) -> dict[str, Any]:
     """`dvc repro train`: trains from the base and registers the policy (alias challenger)."""
     trained = _repro_and_read("train", project_dir, pipeline_run_id, lambda params: params.train.metrics_dir / "train.json")
