@@ -72,13 +72,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pair-grpo-no-injection": {"expand_pair_groups": True, "inject_ground_truth": False},
     "pair-grpo": {"expand_pair_groups": True, "inject_ground_truth": True},
     "pair-grpo-lora": {"expand_pair_groups": True, "inject_ground_truth": True, "lora": LoRAConfig()},
-    # the field's RL options (issue 29), each on top of Pair-GRPO and compared with it pair by pair
-    "pair-grpo+batch-std": {"expand_pair_groups": True, "inject_ground_truth": True, "advantage_scale": "batch"},
-    "pair-grpo+std-floor": {"expand_pair_groups": True, "inject_ground_truth": True, "std_floor": 0.1},
-    "pair-grpo+filter": {"expand_pair_groups": True, "inject_ground_truth": True, "min_group_std": 0.05},
-    "pair-grpo+filter-resample": {"expand_pair_groups": True, "inject_ground_truth": True, "min_group_std": 0.05,
-                                  "filter_resamples": 2},
-    "pair-grpo+ema": {"expand_pair_groups": True, "inject_ground_truth": True, "ema_decay": 0.9},
     # attempts to close the gap to GRPO (issue 27, docs/experiments.md): injection over the whole run, in
     # the reference's proportions (50:450:1200) scaled to 300 steps, against the default's end at step 120
     "pair-grpo+long-injection": {"expand_pair_groups": True, "inject_ground_truth": True,
@@ -87,6 +80,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the hard negative): is the expanded group's cross-prompt comparison what costs?
     "grpo+injection": {"expand_pair_groups": False, "inject_ground_truth": True},
 }
+# The field's RL options (issue 29): each is a variant on top of vanilla GRPO (the embedded default)
+# and of Pair-GRPO, `<method>+<option>`, compared with its method pair by pair.
+TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
+    "batch-std": {"advantage_scale": "batch"},
+    "std-floor": {"std_floor": 0.1},
+    "filter": {"min_group_std": 0.05},
+    "filter-resample": {"min_group_std": 0.05, "filter_resamples": 2},
+    "ema": {"ema_decay": 0.9},
+}
+VARIANTS.update({f"{method}+{option}": {**VARIANTS[method], **fields}
+                 for method in ("grpo", "pair-grpo") for option, fields in TRAINING_OPTIONS.items()})
 # what `focusdiff ablate` runs without --variant: the method's comparison (the others by name)
 DEFAULT_VARIANTS = ("grpo", "pair-grpo-no-injection", "pair-grpo")
 # Adapters learn at a higher rate than the whole model (Flow-GRPO: 3e-4 for LoRA on SD3); the

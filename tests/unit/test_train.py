@@ -740,9 +740,11 @@ def test_every_ablation_variant_is_a_valid_training_configuration():
         keys.add(_train_key(cfg))
     assert len(keys) == len(VARIANTS)  # each one a different configuration
     assert DEFAULT_VARIANTS == ("grpo", "pair-grpo-no-injection", "pair-grpo")
-    # each option variant is Pair-GRPO with that one option
-    for variant in (v for v in VARIANTS if v.startswith("pair-grpo+")):
-        assert VARIANTS[variant]["expand_pair_groups"] and VARIANTS[variant]["inject_ground_truth"]
+    # each option variant is its method (vanilla GRPO, Pair-GRPO) with that one option, for every option
+    from focusdiff.stages.ablate import TRAINING_OPTIONS
+    for method in ("grpo", "pair-grpo"):
+        for option, fields in TRAINING_OPTIONS.items():
+            assert VARIANTS[f"{method}+{option}"] == {**VARIANTS[method], **fields}
     # every variant's metric names are ones MLflow accepts (a "+" is refused by the tracking store)
     from mlflow.utils.validation import _validate_metric_name
 
