@@ -151,6 +151,11 @@ class CellRecord(BaseModel):
         return [Cell(self.variant, -1 if self.seed is None else self.seed, judge,
                      _mean([self.scores[k].metrics for k in keys])) for judge, keys in self.evaluations.items()]
 
+    @property
+    def label(self) -> str:
+        """The cell as the tables' notes name it: "base", "grpo seed 1"."""
+        return self.variant if self.seed is None else f"{self.variant} seed {self.seed}"
+
     def pair_scores(self, judge: str) -> Score:
         """The judge's per-pair g_i and a_i, averaged over its repeats (one suite: the repeats draw
         other images); a is None unless every repeat kept it."""
@@ -362,8 +367,7 @@ def judges_note(records: list[CellRecord]) -> str:
     """A line under the tables when the cells' reward judges were not all the same weights."""
     by_judge: dict[str, list[str]] = {}
     for r in records:
-        name = r.variant if r.seed is None else f"{r.variant} seed {r.seed}"
-        by_judge.setdefault(r.reward_judge_sha256[:12] if r.reward_judge_sha256 else "not recorded", []).append(name)
+        by_judge.setdefault(r.reward_judge_sha256[:12] if r.reward_judge_sha256 else "not recorded", []).append(r.label)
     if len(by_judge) < 2:
         return ""
     return ("\n**The cells' reward judges differ** (training reward and the reward-judge columns; the exact checker is "
@@ -413,8 +417,7 @@ def paired_differences(records: list[CellRecord], measure: str = "g") -> dict[tu
 
 def missing_pair_means(records: list[CellRecord]) -> list[str]:
     """The cells whose exact-checker scores have no per-pair a (left out of the s_a differences)."""
-    return [r.variant if r.seed is None else f"{r.variant} seed {r.seed}" for r in records
-            if "exact" in r.evaluations and r.pair_scores("exact").a is None]
+    return [r.label for r in records if "exact" in r.evaluations and r.pair_scores("exact").a is None]
 
 
 def differences_markdown(diffs: dict[tuple[str, str, str], tuple[float, float, float]], measure: str = "g") -> str:
