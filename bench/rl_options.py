@@ -12,6 +12,7 @@ redrawn-items columns say how much there was to filter and redraw).
 
   ./uvw run python bench/rl_options.py                  # needs data/pairs and models/shapes-judge
   ./uvw run python bench/rl_options.py --method pair-grpo --steps 4 --repeats 1
+  ./uvw run python bench/rl_options.py --options judges       # one option against its method
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def run_once(variant: str, steps: int, work: Path) -> dict[str, float]:
 
     params = load_params(ROOT / "params.yaml")
     run = work / f"{variant}-{time.monotonic_ns()}"
+    fields = variant_fields(params.train, variant)
+    if fields.get("judges"):  # a mixture's committed judges, wherever the bench is started from
+        fields["judges"] = [j.model_copy(update={"model": str(ROOT / j.model)}) for j in fields["judges"]]
     cfg = params.train.model_copy(update={
-        **variant_fields(params.train, variant), "steps": steps, "data": ROOT / params.train.data,
+        **fields, "steps": steps, "data": ROOT / params.train.data,
         "judge": params.train.judge.model_copy(update={"model": str(ROOT / params.train.judge.model)}),
         "out": run / "out", "metrics_dir": run / "metrics", "checkpoint_dir": run / "checkpoints",
         "checkpoint_every": steps, "grid_every": steps})
@@ -50,10 +54,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps per run (the first is left out)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant, in turns")
     ap.add_argument("--method", default="grpo", choices=("grpo", "pair-grpo"), help="the method the options go on")
+    ap.add_argument("--options", nargs="+", metavar="OPTION",
+                    help="only these options (TRAINING_OPTIONS' names, e.g. judges ema); default: every one")
     args = ap.parse_args()
     from focusdiff.stages.ablate import TRAINING_OPTIONS
 
-    variants = [args.method, *(f"{args.method}+{option}" for option in TRAINING_OPTIONS)]
+    unknown = sorted(set(args.options or []) - set(TRAINING_OPTIONS))
+    if unknown:
+        ap.error(f"--options: unknown {', '.join(unknown)}; the options are {', '.join(TRAINING_OPTIONS)}")
+    variants = [args.method, *(f"{args.method}+{option}" for option in args.options or TRAINING_OPTIONS)]
     if args.steps < 2:
         ap.error("--steps must be >= 2 (the first step warms up and is left out)")
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}

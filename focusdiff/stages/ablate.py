@@ -56,7 +56,7 @@ from focusdiff.data.schema import CATEGORIES
 from focusdiff.errors import ConfigError, DataError
 from focusdiff.eval.orchestrate import run_paircomp
 from focusdiff.io import atomic_write_json, atomic_write_text
-from focusdiff.judge.spec import JudgeSpec
+from focusdiff.judge.spec import JudgeSpec, WeightedJudgeSpec
 from focusdiff.model.loading import load_policy
 from focusdiff.progress import Reporter
 from focusdiff.registry.gate import paired_bootstrap
@@ -66,6 +66,12 @@ from focusdiff.stages.train import build_reward_judges, step_summary
 from focusdiff.tracking import StageRun, git_commit
 from focusdiff.train.configs import NEUTRAL_WHEN_ADDED, CurriculumConfig, LoRAConfig
 from focusdiff.train.trainer import train
+
+RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
+JUDGE_COPY = "reward-judge"  # in the results folder: the reward judge its cells were trained against (committed)
+# a second learned judge, params.yaml's judge block trained with seed 1 (committed beside the first's copy):
+# the `judges` option's ensemble (T2I-R1's, Flow-GRPO's weighted rewards), from committed weights only
+SECOND_JUDGE = "reward-judge-seed1"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"expand_pair_groups": False, "inject_ground_truth": False},
@@ -88,6 +94,9 @@ TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     "filter": {"min_group_std": 0.05},
     "filter-resample": {"min_group_std": 0.05, "filter_resamples": 2},
     "ema": {"ema_decay": 0.9},
+    # two learned judges of equal weight, each normalised over the group before summing (GDPO)
+    "judges": {"judges": [WeightedJudgeSpec(backend="shapes", model=str(RESULTS / JUDGE_COPY), name="seed0"),
+                          WeightedJudgeSpec(backend="shapes", model=str(RESULTS / SECOND_JUDGE), name="seed1")]},
 }
 VARIANTS.update({f"{method}+{option}": {**VARIANTS[method], **fields}
                  for method in ("grpo", "pair-grpo") for option, fields in TRAINING_OPTIONS.items()})
@@ -96,9 +105,7 @@ DEFAULT_VARIANTS = ("grpo", "pair-grpo-no-injection", "pair-grpo")
 # Adapters learn at a higher rate than the whole model (Flow-GRPO: 3e-4 for LoRA on SD3); the
 # LoRA variant keeps the steps, rollouts and schedule of the others with every rate x10.
 LORA_LR_SCALE = 10.0
-RESULTS = Path("results/ablation")  # the committed cell records (and table.md)
 TABLE_FILE = "table.md"
-JUDGE_COPY = "reward-judge"  # in the results folder: the reward judge its cells were trained against (committed)
 TRAIN_KEY_FILE = "train_key"  # beside a cell's trained policy (in <out>): the configuration it was trained with
 # evaluation fields added after cells were recorded, with the value that reproduces the earlier protocol:
 # left out of the evaluation key at that value (train/configs.py's NEUTRAL_WHEN_ADDED does it for training)
