@@ -85,6 +85,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # per-prompt groups (GRPO's normalisation) with the pair's injection (own ground truth, partner's as
     # the hard negative): is the expanded group's cross-prompt comparison what costs?
     "grpo+injection": {"expand_pair_groups": False, "inject_ground_truth": True},
+    # the control of the `judges` option (issue 29): GRPO against the ensemble's second judge alone; is
+    # a gain the mixture's, or that judge's?
+    "grpo+second-judge": {"expand_pair_groups": False, "inject_ground_truth": False,
+                          "judge": JudgeSpec(backend="shapes", model=str(RESULTS / SECOND_JUDGE))},
 }
 # The field's RL options (issue 29): each is a variant on top of vanilla GRPO (the embedded default)
 # and of Pair-GRPO, `<method>+<option>`, compared with its method pair by pair.
@@ -149,8 +153,10 @@ class CellRecord(BaseModel):
     git: dict[str, str]  # commit (and dirty) of the code that produced it
     wall_s: dict[str, float]  # train_s (0 for the base), eval_s
     finished_at: str
-    # the reward judge's weights (sha256 of its files), where it is a local directory: a judge re-trained
-    # on another machine differs (CPU training is not bit-reproducible across CPUs), and the table says so
+    # params.yaml's reward judge's weights (sha256 of its files), where it is a local directory: a judge
+    # re-trained on another machine differs (CPU training is not bit-reproducible across CPUs), and the table
+    # says so. It scores the reward-judge columns of every cell and trains every cell but those whose variant
+    # names its own judges (grpo+judges, grpo+second-judge: committed weights, named in the train key)
     reward_judge_sha256: str | None = None
 
     def cells(self) -> list[Cell]:
