@@ -35,14 +35,16 @@ def run_once(variant: str, steps: int, work: Path) -> dict[str, float]:
 
     params = load_params(ROOT / "params.yaml")
     run = work / f"{variant}-{time.monotonic_ns()}"
-    fields = variant_fields(params.train, variant)
-    if fields.get("judges"):  # a mixture's committed judges, wherever the bench is started from
-        fields["judges"] = [j.model_copy(update={"model": str(ROOT / j.model)}) for j in fields["judges"]]
     cfg = params.train.model_copy(update={
-        **fields, "steps": steps, "data": ROOT / params.train.data,
-        "judge": params.train.judge.model_copy(update={"model": str(ROOT / params.train.judge.model)}),
+        **variant_fields(params.train, variant), "steps": steps, "data": ROOT / params.train.data,
         "out": run / "out", "metrics_dir": run / "metrics", "checkpoint_dir": run / "checkpoints",
         "checkpoint_every": steps, "grid_every": steps})
+    # the judge folders the run uses (params.yaml's or the variant's own), wherever the bench is started from
+    def rooted(spec):
+        return spec.model_copy(update={"model": str(ROOT / spec.model)})
+
+    cfg = cfg.model_copy(update={"judge": rooted(cfg.judge),
+                                 "judges": [rooted(j) for j in cfg.judges] if cfg.judges else None})
     history = train(cfg, build_reward_judges(cfg)).history[1:]
     return {"step_s": statistics.median(h["time/step_s"] for h in history),
             "zero_std_fraction": statistics.fmean(h["train/zero_std_fraction"] for h in history),

@@ -741,7 +741,9 @@ def test_every_ablation_variant_is_a_valid_training_configuration():
         base = train_cfg.model_dump(exclude={"judge"} if "judges" in fields else set())
         cfg = GRPOConfig.model_validate({**base, **fields})
         keys.add(_train_key(cfg))
-        for spec in cfg.judges or []:  # a mixture's judges are committed weights: a clean clone runs the cell
+        # the judges a variant names itself (a mixture, a control's other judge) are committed weights:
+        # a clean clone runs the cell
+        for spec in (cfg.judges or []) + ([cfg.judge] if "judge" in fields else []):
             assert (REPO_ROOT / spec.model / "model.safetensors").is_file(), spec.model
     assert len(keys) == len(VARIANTS)  # each one a different configuration
     assert DEFAULT_VARIANTS == ("grpo", "pair-grpo-no-injection", "pair-grpo")
