@@ -130,7 +130,8 @@ async def faults(get_503: int = 0) -> dict[str, int]:
 
 @app.get("/stats")
 async def stats() -> dict[str, int]:
-    return dict(_stats)
+    # Both counts always present: a test reading them before the first GET must see 0, not a missing key.
+    return {"create": _stats["create"], "get": _stats["get"]}
 
 
 @app.get("/healthz")
