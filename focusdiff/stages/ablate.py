@@ -9,10 +9,11 @@ step (so the same number of rollouts); only the method's switches differ:
     pair-grpo                expanded groups + ground-truth injection on the curriculum
     pair-grpo-lora           pair-grpo training LoRA adapters (train.lora's defaults) instead of
                              the whole policy, every learning rate x10 (LORA_LR_SCALE)
-    pair-grpo+<option>       pair-grpo with one of the field's RL options on (batch-std, std-floor,
-                             filter, filter-resample, ema; see VARIANTS)
+    <method>+<option>        grpo or pair-grpo with one of the field's RL options on (batch-std, no-scale,
+                             std-floor, filter, filter-resample, ema, judges; see TRAINING_OPTIONS)
     pair-grpo+long-injection pair-grpo injecting ground truths over the whole run (attempt to close the gap)
     grpo+injection           per-prompt groups with the pair's ground-truth injection (attempt to close the gap)
+    grpo+second-judge        grpo against the `judges` ensemble's second judge alone (its control)
 
 Without --variant, the first three run (DEFAULT_VARIANTS); the others are asked for by name.
 
@@ -94,6 +95,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # and of Pair-GRPO, `<method>+<option>`, compared with its method pair by pair.
 TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     "batch-std": {"advantage_scale": "batch"},
+    "no-scale": {"advantage_scale": "none"},  # TRL's scale_rewards="none": reward minus the group's mean
     "std-floor": {"std_floor": 0.1},
     "filter": {"min_group_std": 0.05},
     "filter-resample": {"min_group_std": 0.05, "filter_resamples": 2},
