@@ -36,8 +36,9 @@ class JudgeSpec(BaseModel):
 
 class WeightedJudgeSpec(JudgeSpec):
     """One of several reward judges (`train.judges`): its rewards are normalised over each group
-    on their own, then summed with `weight` (GDPO; T2I-R1's and Flow-GRPO's reward mixtures),
-    so that no judge dominates by its scale and no single judge can be gamed alone."""
+    on their own, then summed with `weight` and the sums normalised over the step (GDPO; T2I-R1's
+    and Flow-GRPO's reward mixtures), so that no judge dominates by its scale and no single judge
+    can be gamed alone; only the weights' ratios count."""
 
     name: str = Field(min_length=1, description="names the judge in metrics (train/reward_mean.judge.<name>)")
     weight: float = Field(1.0, gt=0, description="its share of the advantage")

@@ -100,7 +100,7 @@ TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     "filter": {"min_group_std": 0.05},
     "filter-resample": {"min_group_std": 0.05, "filter_resamples": 2},
     "ema": {"ema_decay": 0.9},
-    # two learned judges of equal weight, each normalised over the group before summing (GDPO)
+    # two learned judges of equal weight, each normalised over the group, summed, the sums normalised over the step (GDPO)
     "judges": {"judges": [WeightedJudgeSpec(backend="shapes", model=str(RESULTS / JUDGE_COPY), name="seed0"),
                           WeightedJudgeSpec(backend="shapes", model=str(RESULTS / SECOND_JUDGE), name="seed1")]},
 }

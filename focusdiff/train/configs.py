@@ -90,7 +90,8 @@ class GRPOConfig(_Section):
     judge: JudgeSpec = JudgeSpec()
     judges: list[WeightedJudgeSpec] | None = Field(
         None, min_length=2, description="several reward judges instead of `judge`: each one's rewards normalised over "
-        "the group, then summed by weight (GDPO). null: `judge` alone")
+        "the group, summed by weight, and the sums normalised over the step's images (GDPO: the advantages' size does "
+        "not grow with the number or weights of the judges). null: `judge` alone")
 
     # the method
     expand_pair_groups: bool = Field(True, description="normalise rewards over both prompts' 2G images (Pair-GRPO)")
@@ -178,6 +179,12 @@ class GRPOConfig(_Section):
         if self.rollouts_per_prompt is not None and self.rollouts_per_prompt < self.group_size:
             raise ValueError(f"rollouts_per_prompt ({self.rollouts_per_prompt}) must be at least group_size "
                              f"({self.group_size}): the loss takes G of them")
+        if self.filter_resamples and self.min_group_std is None:
+            raise ValueError(f"filter_resamples ({self.filter_resamples}) redraws the groups min_group_std finds: "
+                             "set min_group_std too, or filter_resamples to 0")
+        if self.std_floor and self.advantage_scale == "none":
+            raise ValueError(f"std_floor ({self.std_floor}) floors the divisor, and advantage_scale 'none' divides "
+                             "by nothing: set one of them")
         if self.judges is not None:
             if "judge" in self.model_fields_set:
                 raise ValueError("give train.judge (one reward judge) or train.judges (several), not both")

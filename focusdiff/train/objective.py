@@ -3,6 +3,7 @@
 * `injection_probability`: the ground-truth injection curriculum p(step).
 * `group_advantages`: rewards centred over one group and scaled by its std, the step's
   std or nothing; for a pair, the group is expanded to the 2G images of BOTH prompts.
+* `batch_normalised`: with several judges, their summed advantages rescaled over the step (GDPO).
 * `max_variance_subset`: which m of n rollouts to train on when more are sampled than
   the loss takes (max-variance down-sampling).
 * `learning_rate`: the `train.lr` schedule (the reference run's three phases, or cosine).
@@ -65,6 +66,14 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, *, scale: str = "
     else:
         raise ValueError(f"unknown advantage scale {scale!r}: group, batch or none")
     return centred / (std.clamp_min(std_floor) + eps)
+
+
+def batch_normalised(advantages: torch.Tensor, mean: float, std: float, eps: float = 1e-4) -> torch.Tensor:
+    """GDPO's last step with several judges: the weighted sum of the per-judge group advantages,
+    centred on `mean` and divided by `std + eps`, both over every advantage of the step (all
+    processes), so that the advantages' size does not grow with the number or the weights of
+    the judges (Liu et al. 2026, "GDPO", batch-wise advantage normalisation)."""
+    return (advantages - mean) / (std + eps)
 
 
 def pooled_std(total: float, total_sq: float, n: float) -> float:

@@ -225,7 +225,8 @@ def advantages(e: ItemExperience, expand_pair_groups: bool, scale: str = "group"
                weights: Mapping[str, float] | None = None) -> torch.Tensor:
     """Each group's advantages (objective.group_advantages) in the item's image order. With
     several judges (`weights` by name), each judge's rewards are normalised on their own
-    (`batch_std` then holds one std per judge) and the advantages summed by weight (GDPO)."""
+    (`batch_std` then holds one std per judge) and the advantages summed by weight; the trainer
+    then normalises the sums over the whole step (objective.batch_normalised: GDPO)."""
     out = torch.zeros_like(e.rewards)
     if weights is None or len(weights) == 1:
         parts = {"": (1.0, e.rewards, batch_std)}

@@ -53,7 +53,7 @@ from focusdiff.train.configs import NEUTRAL_WHEN_ADDED, GRPOConfig
 from focusdiff.train.items import ItemOrder, TrainItem, global_item_index, train_items
 from focusdiff.train.ema import ParameterEMA
 from focusdiff.train.lora import adapters_disabled, add_adapters, merge_adapters
-from focusdiff.train.objective import injection_probability, learning_rate, policy_loss, pooled_std
+from focusdiff.train.objective import batch_normalised, injection_probability, learning_rate, policy_loss, pooled_std
 from focusdiff.train.rollout import (ItemExperience, RewardJudges, advantages, collect, downsample, filter_groups, low_spread_groups,
                                     reward, reward_groups)
 from focusdiff.viz import labeled_grid
@@ -308,21 +308,26 @@ class Trainer:
     def _filter_groups(self, batch: list[ItemExperience], tally: StepTally, p_inject: float) -> None:
         """Group filtering, in place: items with a low-spread group are drawn again (up to
         `filter_resamples` times), then low-spread groups leave the loss. Items the judge could not
-        score on a redraw count as dropped, as on the first draw."""
-        cfg = self.cfg
+        score on a redraw count as dropped, as on the first draw. The processes redraw in lockstep
+        (while any has an item to redraw): under ZeRO-3 gathering the parameters is collective."""
+        cfg, accelerator = self.cfg, self.accelerator
         for attempt in range(1, cfg.filter_resamples + 1):
             again = [i for i, e in enumerate(batch)
                      if e.dropped is None and low_spread_groups(e, cfg.expand_pair_groups, cfg.min_group_std)]
-            if not again:
+            anywhere = len(again)
+            if accelerator.num_processes > 1:
+                anywhere = int(accelerator.reduce(torch.tensor(len(again), device=accelerator.device), reduction="sum"))
+            if not anywhere:
                 break
             t = time.perf_counter()
-            with full_parameters(self.accelerator, self.policy.model):
+            with full_parameters(accelerator, self.policy.model):
                 redrawn = collect(self.policy, [(batch[i].index, batch[i].item) for i in again],
                                   cfg.rollouts_per_prompt or cfg.group_size, cfg.seed, p_inject, cfg.inject_ground_truth,
-                                  cfg.sampling, attempt=attempt)
+                                  cfg.sampling, attempt=attempt) if again else []
             tally.seconds["rollout"] += time.perf_counter() - t
             t = time.perf_counter()
-            tally.dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
+            if redrawn:
+                tally.dropped += reward(redrawn, self.judges, cfg.on_judge_failure)
             tally.seconds["judge"] += time.perf_counter() - t
             for i, e in zip(again, redrawn):
                 if e.dropped is None:
@@ -416,16 +421,8 @@ class Trainer:
                 self._prepare(scored, tally, p_inject)
                 micro_batches.append(scored)
 
-            # Advantages once the whole step is scored: `batch` scaling needs every reward of the step.
-            batch_std = None
-            if cfg.advantage_scale == "batch":
-                batch_std = (step_reward_std(accelerator, micro_batches) if self.judge_weights is None else
-                             {name: step_reward_std(accelerator, micro_batches, name) for name in self.judge_weights})
-            for batch in micro_batches:
-                for e in batch:
-                    if e.trains:
-                        e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std,
-                                                  cfg.std_floor, self.judge_weights)
+            # Advantages once the whole step is scored: `batch` scaling and GDPO need all of it.
+            assign_advantages(accelerator, micro_batches, cfg, self.judge_weights)
 
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
@@ -569,17 +566,45 @@ def _timed_reward(batch: list[ItemExperience], judge: RewardJudges, on_failure: 
     return dropped, time.perf_counter() - t
 
 
+def assign_advantages(accelerator, micro_batches: list[list[ItemExperience]], cfg: GRPOConfig,
+                      judge_weights: Mapping[str, float] | None) -> None:
+    """Set every trained item's advantages (collective: every process calls it): each group's
+    (rollout.advantages, `train.advantage_scale` with the step's std for `batch`); with several
+    judges, each judge's normalised on their own and summed by weight, then the sums normalised
+    over the step (GDPO), so that two judges do not double the advantages, nor larger weights
+    scale them."""
+    batch_std = None
+    if cfg.advantage_scale == "batch":
+        batch_std = (step_reward_std(accelerator, micro_batches) if judge_weights is None else
+                     {name: step_reward_std(accelerator, micro_batches, name) for name in judge_weights})
+    training = [e for batch in micro_batches for e in batch if e.trains]
+    for e in training:
+        e.advantages = advantages(e, cfg.expand_pair_groups, cfg.advantage_scale, batch_std, cfg.std_floor,
+                                  judge_weights)
+    if judge_weights is not None:
+        mean, std = pooled_mean_std(accelerator, [e.advantages for e in training])
+        for e in training:
+            e.advantages = batch_normalised(e.advantages, mean, std)
+
+
+def pooled_mean_std(accelerator, values: list[torch.Tensor]) -> tuple[float, float]:
+    """The mean and unbiased std of these values pooled with every process's (collective: every
+    process calls it, with its own, possibly empty, list)."""
+    flat = torch.cat(values).double() if values else torch.zeros(0, dtype=torch.float64)
+    sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
+                        device=accelerator.device)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    total, total_sq, n = sums.tolist()
+    return (total / n if n else 0.0), pooled_std(total, total_sq, n)
+
+
 def step_reward_std(accelerator, micro_batches: list[list[ItemExperience]], judge: str | None = None) -> float:
     """The unbiased std of every reward the step's loss takes (of one judge's, when named), over all
     processes (collective)."""
     rewards = [e.rewards if judge is None else e.reward_parts[judge]
                for batch in micro_batches for e in batch if e.trains]
-    flat = torch.cat(rewards).double() if rewards else torch.zeros(0, dtype=torch.float64)
-    sums = torch.tensor([float(flat.sum()), float((flat**2).sum()), float(len(flat))], dtype=torch.float64,
-                        device=accelerator.device)
-    if accelerator.num_processes > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
-    return pooled_std(*sums.tolist())
+    return pooled_mean_std(accelerator, rewards)[1]
 
 
 def _micro_batch_loss(scorer, policy: Policy, batch: list[ItemExperience], cfg: GRPOConfig, sampling: SamplingConfig,

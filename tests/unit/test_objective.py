@@ -9,7 +9,7 @@ import torch
 
 from focusdiff.train.configs import CurriculumConfig, LRConfig
 from focusdiff.train.objective import (
-    clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
+    batch_normalised, clipped_surrogate, group_advantages, injection_probability, k3_kl, learning_rate,
     max_variance_subset, policy_loss, pooled_std,
 )
 
@@ -56,6 +56,15 @@ def test_advantage_scales_and_std_floor_by_hand():
         group_advantages(r, scale="batch")
     with pytest.raises(ValueError, match="unknown advantage scale 'rank': group, batch or none"):
         group_advantages(r, scale="rank")
+
+
+def test_gdpo_batch_normalisation_centres_and_scales_by_the_steps_moments():
+    summed = torch.tensor([2.0, -2.0, 1.0, -1.0])  # two judges' group advantages summed
+    # the step's moments over every process, e.g. these four and others: mean 0.5, std 2
+    assert batch_normalised(summed, 0.5, 2.0).tolist() == pytest.approx(
+        [1.5 / 2.0001, -2.5 / 2.0001, 0.5 / 2.0001, -1.5 / 2.0001])
+    # no spread at all (every group's rewards equal): zeros, not a division by zero
+    assert batch_normalised(torch.zeros(3), 0.0, 0.0).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_pooled_std_is_the_unbiased_std_from_sums():

@@ -249,6 +249,33 @@ def test_a_run_with_two_judges_logs_each_judges_reward(world, tmp_path):
         train(cfg, ExactJudge())
 
 
+def test_several_judges_advantages_are_normalised_over_the_step_gdpo(world, policy, tmp_path):
+    """GDPO's last step: the judges' weighted sums are centred and scaled over every image of the
+    step, so that two judges do not double the advantages and scaling every weight changes nothing."""
+    from accelerate import Accelerator
+
+    from focusdiff.train.trainer import assign_advantages
+
+    item = next(i for i in train_items(load_dataset(world / "data")) if i.paired)
+    plain = {k: v for k, v in _config(world, tmp_path).items() if k != "judge"}
+    got = {}
+    for scale in (1.0, 3.0):
+        [e] = collect(policy, [(0, item)], 2, seed=0, injection_probability=0.0, inject=False, sampling=SamplingConfig())
+        e.reward_parts = {"a": torch.tensor([1.0, 0.0, 1.0, 0.0]), "b": torch.tensor([0.5, 0.5, 0.6, 0.4])}
+        e.rewards = (e.reward_parts["a"] + 0.5 * e.reward_parts["b"]) / 1.5
+        judges = [{"name": "a", "backend": "exact", "weight": scale}, {"name": "b", "backend": "exact", "weight": 0.5 * scale}]
+        cfg = GRPOConfig.model_validate({**plain, "judges": judges})
+        assign_advantages(Accelerator(cpu=True), [[e]], cfg, {"a": scale, "b": 0.5 * scale})
+        got[scale] = e.advantages
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # each judge's group advantages, as in the test above
+    b = 0.1 / (math.sqrt(0.02 / 3) + 1e-4)
+    summed = [a, -a, a + 0.5 * b, -a - 0.5 * b]  # mean 0 over the step (this one item)
+    std = math.sqrt(sum(x * x for x in summed) / 3)
+    assert got[1.0].tolist() == pytest.approx([x / (std + 1e-4) for x in summed], rel=1e-5)
+    assert float(got[1.0].std()) == pytest.approx(1.0, abs=1e-3)  # one judge's size, not two judges'
+    assert got[3.0].tolist() == pytest.approx(got[1.0].tolist(), rel=1e-4)  # the weights are relative
+
+
 def test_judges_config_errors_name_the_field():
     two = [{"name": "a", "backend": "exact"}, {"name": "b"}]
     with pytest.raises(ValueError, match=r"give train.judge \(one reward judge\) or train.judges \(several\), not both"):
@@ -257,6 +284,15 @@ def test_judges_config_errors_name_the_field():
         GRPOConfig.model_validate({"judges": [{"name": "a"}, {"name": "a", "backend": "exact"}]})
     with pytest.raises(ValueError, match=r"judges\n  List should have at least 2 items"):
         GRPOConfig.model_validate({"judges": [{"name": "a"}]})
+
+
+def test_options_that_would_do_nothing_are_refused_naming_both_fields():
+    with pytest.raises(ValueError, match=r"filter_resamples \(2\) redraws the groups min_group_std finds: set "
+                                         r"min_group_std too, or filter_resamples to 0"):
+        GRPOConfig.model_validate({"filter_resamples": 2})
+    with pytest.raises(ValueError, match=r"std_floor \(0.1\) floors the divisor, and advantage_scale 'none' "
+                                         r"divides by nothing: set one of them"):
+        GRPOConfig.model_validate({"std_floor": 0.1, "advantage_scale": "none"})
 
 
 def test_more_rollouts_than_the_group_takes_is_validated(world, tmp_path):
