@@ -334,6 +334,8 @@ class Trainer:
                     downsample(e, cfg.group_size, cfg.expand_pair_groups)
                 batch[i] = e
             tally.groups["resampled_items"] += len(again)
+            # sampled and then thrown away: the rollout budget filter_resamples adds (in images_per_s too)
+            tally.groups["redrawn_images"] += sum(int((~e.is_real).sum()) for e in redrawn)
         for e in batch:
             if e.dropped is None:
                 tally.groups["filtered_groups"] += filter_groups(e, cfg.expand_pair_groups, cfg.min_group_std)
@@ -696,7 +698,7 @@ def _step_metrics(accelerator, cfg: GRPOConfig, micro_batches: list[list[ItemExp
         "train/injected_items": sums["injected_items"],
         "train/dropped_items": sums["dropped"],
         "train/images": sums["images"],
-        "train/images_per_s": sums["sampled_images"] / max(sums["wall"] / world, 1e-9),
+        "train/images_per_s": (sums["sampled_images"] + sums["redrawn_images"]) / max(sums["wall"] / world, 1e-9),
         "time/step_s": sums["wall"] / world,
     }
     if updated:
@@ -714,6 +716,7 @@ def _step_metrics(accelerator, cfg: GRPOConfig, micro_batches: list[list[ItemExp
     if cfg.min_group_std is not None:
         metrics["train/filtered_groups"] = sums["filtered_groups"]
         metrics["train/resampled_items"] = sums["resampled_items"]
+        metrics["train/redrawn_images"] = sums["redrawn_images"]
     if sums.get("real_n"):
         metrics["train/reward_ground_truth_mean"] = sums["real_sum"] / sums["real_n"]
     for key in keys:

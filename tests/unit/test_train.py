@@ -206,6 +206,7 @@ def test_group_filtering_redraws_then_filters_and_counts(world, tmp_path):
         train(cfg, ExactJudge(), log=lambda m, s: logged.append(m))
     (metrics,) = logged
     assert metrics["train/resampled_items"] == 2 * 2  # both items, twice
+    assert metrics["train/redrawn_images"] == 2 * 2 * 8  # each redraw samples 4 images for each of 2 prompts
     assert metrics["train/filtered_groups"] == 2  # one expanded group per pair item
     assert "train/reward_mean" not in metrics  # nothing trained: no update, and no made-up reward statistics
 
