@@ -537,10 +537,10 @@ def markdown(cells: list[Cell]) -> str:
         found = {k.split(".")[1] for k in rows[0] if k.startswith("paircomp.") and k.endswith(".s_g") and k.count(".") == 2}
         cats = [c for c in CATEGORIES if c in found]  # PairComp's order, however the scores were stored
         head = ["variant", "s_a", "s_g", *[f"{c} s_g" for c in cats]]
-        held_out = "exact checker (held out)"
-        # grpo+judges and grpo+second-judge trained against (also) another judge: this one is not theirs
-        reward = "reward judge** (params.yaml's train.judge; the variants naming their own judges trained against others)"
-        lines += [f"**Scored by the {held_out + '**' if judge == 'exact' else reward}", "",
+        # grpo+judges and grpo+second-judge trained against (also) another judge: the reward judge is not theirs
+        heading = ("**Scored by the exact checker (held out)**" if judge == "exact" else "**Scored by the reward "
+                   "judge** (params.yaml's train.judge; the variants naming their own judges trained against others)")
+        lines += [heading, "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             cell = lambda k: f"{r[k][0]:.1f} ± {r[k][1]:.1f}"  # noqa: E731

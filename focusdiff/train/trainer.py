@@ -223,8 +223,6 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.judges = cfg, reward_judges(cfg, judge)
-        # GDPO's per-judge normalisation needs each judge's weight; one judge: its rewards as they are
-        self.judge_weights = {name: w for name, (_, w) in self.judges.items()} if len(self.judges) > 1 else None
         self.accelerator = accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                                                      gradient_accumulation_steps=cfg.grad_accum)
         device = accelerator.device
@@ -314,10 +312,7 @@ class Trainer:
         for attempt in range(1, cfg.filter_resamples + 1):
             again = [i for i, e in enumerate(batch)
                      if e.dropped is None and low_spread_groups(e, cfg.expand_pair_groups, cfg.min_group_std)]
-            anywhere = len(again)
-            if accelerator.num_processes > 1:
-                anywhere = int(accelerator.reduce(torch.tensor(len(again), device=accelerator.device), reduction="sum"))
-            if not anywhere:
+            if not summed_over_processes(accelerator, len(again)):
                 break
             t = time.perf_counter()
             with full_parameters(accelerator, self.policy.model):
@@ -424,12 +419,12 @@ class Trainer:
                 micro_batches.append(scored)
 
             # Advantages once the whole step is scored: `batch` scaling and GDPO need all of it.
-            assign_advantages(accelerator, micro_batches, cfg, self.judge_weights)
+            assign_advantages(accelerator, micro_batches, cfg)
 
             # Every process must agree whether to step (the gradient all-reduce is collective):
             # the kept items are counted over all of them.
             kept_here = sum(e.trains for batch in micro_batches for e in batch)
-            kept = int(accelerator.reduce(torch.tensor(kept_here, device=accelerator.device), reduction="sum"))
+            kept = summed_over_processes(accelerator, kept_here)
             lr = learning_rate(step, cfg.steps, cfg.lr)
             for update in range(cfg.updates_per_batch if kept else 0):  # every item dropped: no reward, no update
                 for group in optimizer.param_groups:
@@ -568,13 +563,18 @@ def _timed_reward(batch: list[ItemExperience], judge: RewardJudges, on_failure: 
     return dropped, time.perf_counter() - t
 
 
-def assign_advantages(accelerator, micro_batches: list[list[ItemExperience]], cfg: GRPOConfig,
-                      judge_weights: Mapping[str, float] | None) -> None:
+def summed_over_processes(accelerator, count: int) -> int:
+    """`count` summed over every process (collective: every process calls it)."""
+    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="sum"))
+
+
+def assign_advantages(accelerator, micro_batches: list[list[ItemExperience]], cfg: GRPOConfig) -> None:
     """Set every trained item's advantages (collective: every process calls it): each group's
     (rollout.advantages, `train.advantage_scale` with the step's std for `batch`); with several
-    judges, each judge's normalised on their own and summed by weight, then the sums normalised
-    over the step (GDPO), so that two judges do not double the advantages, nor larger weights
-    scale them."""
+    judges (`train.judges`), each judge's normalised on their own and summed by weight, then the
+    sums normalised over the step (GDPO), so that two judges do not double the advantages, nor
+    larger weights scale them."""
+    judge_weights = {j.name: j.weight for j in cfg.judges} if cfg.judges else None
     batch_std = None
     if cfg.advantage_scale == "batch":
         batch_std = (step_reward_std(accelerator, micro_batches) if judge_weights is None else

@@ -266,7 +266,7 @@ def test_several_judges_advantages_are_normalised_over_the_step_gdpo(world, poli
         e.rewards = (e.reward_parts["a"] + 0.5 * e.reward_parts["b"]) / 1.5
         judges = [{"name": "a", "backend": "exact", "weight": scale}, {"name": "b", "backend": "exact", "weight": 0.5 * scale}]
         cfg = GRPOConfig.model_validate({**plain, "judges": judges})
-        assign_advantages(Accelerator(cpu=True), [[e]], cfg, {"a": scale, "b": 0.5 * scale})
+        assign_advantages(Accelerator(cpu=True), [[e]], cfg)
         got[scale] = e.advantages
     a = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # each judge's group advantages, as in the test above
     b = 0.1 / (math.sqrt(0.02 / 3) + 1e-4)
